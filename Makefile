@@ -1,0 +1,42 @@
+# hydrapool: `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help run test check lint format typecheck bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	@touch $(STAMP)
+
+run: $(STAMP) ## create .venv, install, run the demo
+	$(PY) examples/demo.py
+
+test: $(STAMP) ## create .venv, install, run the whole test suite
+	$(PY) -m pytest
+
+lint: $(STAMP) ## ruff format --check and ruff check
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+
+format: $(STAMP) ## apply ruff format and safe fixes
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+typecheck: $(STAMP) ## mypy --strict on src
+	$(PY) -m mypy --strict src
+
+check: lint typecheck test ## format, lint, types, tests: the one way to check
+
+bench: $(STAMP) ## run the benchmarks (each prints JSON)
+	$(PY) bench/pool.py
+
+clean: ## remove .venv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

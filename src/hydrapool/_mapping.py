@@ -1,0 +1,211 @@
+"""Pool.map and Pool.as_completed: streams of results built on handle callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator, Iterable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from hydrapool._handle import FAILED, SUCCEEDED, TaskHandle
+
+if TYPE_CHECKING:
+    from hydrapool.pool import Pool
+
+T = TypeVar("T")
+
+
+class _Signal:
+    """Wake one waiting consumer; set() before wait() is remembered."""
+
+    __slots__ = ("_fut", "_set")
+
+    def __init__(self) -> None:
+        self._fut: asyncio.Future[None] | None = None
+        self._set = False
+
+    def set(self, _: object = None) -> None:
+        self._set = True
+        fut = self._fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def wait(self) -> None:
+        if not self._set:
+            self._fut = asyncio.get_running_loop().create_future()
+            try:
+                await self._fut
+            finally:
+                self._fut = None
+        self._set = False
+
+
+class _Source:
+    """One item at a time from a sync or async iterable; ``END`` when exhausted."""
+
+    END = object()
+
+    def __init__(self, iterable: Iterable[Any] | AsyncIterable[Any]) -> None:
+        if isinstance(iterable, AsyncIterable):
+            self._ait: AsyncIterator[Any] | None = aiter(iterable)
+            self._it = None
+        elif isinstance(iterable, Iterable):
+            self._it = iter(iterable)
+            self._ait = None
+        else:
+            raise TypeError(f"map needs an iterable or async iterable, got {iterable!r}")
+
+    async def next(self) -> Any:
+        if self._it is not None:
+            return next(self._it, self.END)
+        assert self._ait is not None
+        try:
+            return await anext(self._ait)
+        except StopAsyncIteration:
+            return self.END
+
+
+def _outcome(handle: TaskHandle[Any], return_exceptions: bool) -> Any:
+    if handle._state is SUCCEEDED:
+        return handle._outcome
+    if return_exceptions:
+        return handle._outcome if handle._state is FAILED else asyncio.CancelledError()
+    return handle.result()  # raises the failure (or CancelledError)
+
+
+class PoolMap(Generic[T]):
+    """The result of ``pool.map()``: async-iterate it, or await it for a list."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        fn: Callable[[Any], Any],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        ordered: bool,
+        priority: float,
+        window: int,
+        return_exceptions: bool,
+    ) -> None:
+        self._pool = pool
+        self._fn = fn
+        self._source = _Source(iterable)
+        self._ordered = ordered
+        self._priority = priority
+        self._window = window
+        self._return_exceptions = return_exceptions
+        self._started = False
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        if self._started:
+            raise RuntimeError("a pool.map() result can be iterated only once")
+        self._started = True
+        return self._run_ordered() if self._ordered else self._run_unordered()
+
+    def __await__(self) -> Generator[Any, None, list[T]]:
+        return self._collect().__await__()
+
+    async def _collect(self) -> list[T]:
+        return [result async for result in self]
+
+    async def _submit(self) -> TaskHandle[Any] | None:
+        item = await self._source.next()
+        if item is _Source.END:
+            return None
+        pool = self._pool
+        if pool._max_pending is None:
+            return pool.add(self._fn, item, priority=self._priority)
+        return await pool.put(self._fn, item, priority=self._priority)
+
+    async def _run_ordered(self) -> AsyncIterator[T]:
+        inflight: deque[TaskHandle[Any]] = deque()
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(inflight) < self._window:
+                    handle = await self._submit()
+                    if handle is None:
+                        exhausted = True
+                    else:
+                        inflight.append(handle)
+                if not inflight:
+                    return
+                head = inflight[0]
+                if not head.done():
+                    try:
+                        await head
+                    except BaseException:
+                        if not head.done():  # we were cancelled, not the task
+                            raise
+                inflight.popleft()
+                yield _outcome(head, self._return_exceptions)
+        finally:
+            for handle in inflight:
+                handle.cancel()
+
+    async def _run_unordered(self) -> AsyncIterator[T]:
+        finished: deque[TaskHandle[Any]] = deque()
+        signal = _Signal()
+
+        def on_end(handle: TaskHandle[Any]) -> None:
+            finished.append(handle)
+            signal.set()
+
+        inflight: set[TaskHandle[Any]] = set()
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(inflight) < self._window:
+                    handle = await self._submit()
+                    if handle is None:
+                        exhausted = True
+                    else:
+                        inflight.add(handle)
+                        handle._add_callback(on_end)
+                if not inflight:
+                    return
+                while not finished:
+                    await signal.wait()
+                done = finished.popleft()
+                inflight.discard(done)
+                yield _outcome(done, self._return_exceptions)
+        finally:
+            for handle in inflight:
+                handle.cancel()
+
+
+async def iterate_completed(
+    pool: Pool, handles: Iterable[TaskHandle[Any]] | None
+) -> AsyncIterator[TaskHandle[Any]]:
+    """Handles as they end: the given ones, or every one of the pool until it is idle."""
+    finished: deque[TaskHandle[Any] | None] = deque()
+    signal = _Signal()
+
+    def on_end(handle: TaskHandle[Any] | None) -> None:
+        finished.append(handle)
+        signal.set()
+
+    if handles is not None:
+        expected = 0
+        for handle in set(handles):
+            handle._add_callback(on_end)
+            expected += 1
+        for _ in range(expected):
+            while not finished:
+                await signal.wait()
+            done = finished.popleft()
+            assert done is not None
+            yield done
+        return
+    if not pool._unfinished:
+        return
+    pool._listeners.append(on_end)
+    try:
+        while True:
+            while not finished:
+                await signal.wait()
+            done = finished.popleft()
+            if done is None:
+                return
+            yield done
+    finally:
+        pool._listeners.remove(on_end)

@@ -1,0 +1,69 @@
+"""Every error hydrapool raises on purpose.
+
+The tree::
+
+    HydrapoolError                 root: catch this to catch anything of ours
+    ├── PoolClosed                 add()/put() on a pool that no longer takes tasks
+    ├── PoolFull                   add() while the backlog holds max_pending tasks
+    └── RetryAfter                 raised BY a task: pause the pool, rerun the task
+
+Bad arguments raise the built-in ``TypeError`` or ``ValueError`` with a message
+that names the value and the rule it broke.
+"""
+
+from __future__ import annotations
+
+__all__ = ["HydrapoolError", "PoolClosed", "PoolFull", "RetryAfter"]
+
+
+class HydrapoolError(Exception):
+    """Something hydrapool refused or could not do."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class PoolClosed(HydrapoolError):
+    """The pool is closed: it takes no new tasks."""
+
+
+class PoolFull(HydrapoolError):
+    """The pool's backlog is full (max_pending tasks wait already); use ``await pool.put()``."""
+
+
+class RetryAfter(HydrapoolError):
+    """The task asks to be run again after ``seconds``, e.g. on an HTTP 429.
+
+    Raised from inside a task. The pool starts no new task for ``seconds``
+    (tasks already running go on) and then reruns this task, without spending
+    one of its retry attempts::
+
+        async def fetch(url):
+            response = await client.get(url)
+            if response.status_code == 429:
+                raise hp.RetryAfter.from_headers(response.headers) or hp.RetryAfter(1.0)
+            return response.json()
+    """
+
+    def __init__(self, seconds: float) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise TypeError(f"RetryAfter seconds must be a number, got {seconds!r}")
+        if not seconds >= 0 or seconds == float("inf"):
+            raise ValueError(f"RetryAfter seconds must be finite and >= 0, got {seconds!r}")
+        self.seconds = float(seconds)
+        super().__init__(f"retry after {self.seconds:g}s")
+
+    @classmethod
+    def from_headers(cls, headers: object, *, now: float | None = None) -> RetryAfter | None:
+        """Read a rate-limit hint from HTTP response headers, or return None.
+
+        Understands ``Retry-After`` (seconds or an HTTP date) and, when
+        ``X-RateLimit-Remaining`` is 0, ``X-RateLimit-Reset`` (epoch seconds,
+        as GitHub sends it). ``headers`` is any mapping with ``.get`` (the
+        lookup tries the name as given and in lower case); ``now`` is the
+        current epoch time, for tests.
+        """
+        from hydrapool._headers import retry_after_seconds
+
+        seconds = retry_after_seconds(headers, now=now)
+        return None if seconds is None else cls(seconds)
