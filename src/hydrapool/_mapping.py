@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -94,6 +95,8 @@ class PoolMap(Generic[T]):
         self._window = window
         self._return_exceptions = return_exceptions
         self._started = False
+        # Refill in batches: one call per quarter window, not one per item.
+        self._batch = max(1, window // 4)
 
     def __aiter__(self) -> AsyncIterator[T]:
         if self._started:
@@ -111,22 +114,42 @@ class PoolMap(Generic[T]):
         item = await self._source.next()
         if item is _Source.END:
             return None
-        pool = self._pool
-        if pool._max_pending is None:
-            return pool.add(self._fn, item, priority=self._priority)
-        return await pool.put(self._fn, item, priority=self._priority)
+        return await self._pool.put(self._fn, item, priority=self._priority)
+
+    def _submit_now(self, count: int) -> list[TaskHandle[Any]] | None:
+        """Up to ``count`` handles without awaiting, or None when that needs awaits.
+
+        The common case (a plain iterable, no max_pending) needs no coroutine
+        per item; an empty list means the iterable is exhausted.
+        """
+        it = self._source._it
+        if it is None or self._pool._max_pending is not None:
+            return None
+        add, fn, priority = self._pool.add, self._fn, self._priority
+        return [add(fn, item, priority=priority) for item in itertools.islice(it, count)]
+
+    async def _refill(self, count: int) -> list[TaskHandle[Any]]:
+        handles = self._submit_now(count)
+        if handles is not None:
+            return handles
+        handles = []
+        while len(handles) < count:
+            handle = await self._submit()
+            if handle is None:
+                break
+            handles.append(handle)
+        return handles
 
     async def _run_ordered(self) -> AsyncIterator[T]:
         inflight: deque[TaskHandle[Any]] = deque()
         exhausted = False
         try:
             while True:
-                while not exhausted and len(inflight) < self._window:
-                    handle = await self._submit()
-                    if handle is None:
-                        exhausted = True
-                    else:
-                        inflight.append(handle)
+                want = self._window - len(inflight)
+                if not exhausted and (want >= self._batch or not inflight):
+                    handles = await self._refill(want)
+                    exhausted = len(handles) < want
+                    inflight.extend(handles)
                 if not inflight:
                     return
                 head = inflight[0]
@@ -154,11 +177,11 @@ class PoolMap(Generic[T]):
         exhausted = False
         try:
             while True:
-                while not exhausted and len(inflight) < self._window:
-                    handle = await self._submit()
-                    if handle is None:
-                        exhausted = True
-                    else:
+                want = self._window - len(inflight)
+                if not exhausted and (want >= self._batch or not inflight):
+                    handles = await self._refill(want)
+                    exhausted = len(handles) < want
+                    for handle in handles:
                         inflight.add(handle)
                         handle._add_callback(on_end)
                 if not inflight:
