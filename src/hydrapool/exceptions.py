@@ -3,7 +3,8 @@
 The tree::
 
     HydrapoolError                 root: catch this to catch anything of ours
-    ├── PoolClosed                 add()/put() on a pool that no longer takes tasks
+    ├── Closed                     new work for a Batcher/WorkerGroup/... that was closed
+    │   └── PoolClosed             add()/put() on a pool that no longer takes tasks
     ├── PoolFull                   add() while the backlog holds max_pending tasks
     └── RetryAfter                 raised BY a task: pause the pool, rerun the task
 
@@ -13,7 +14,7 @@ that names the value and the rule it broke.
 
 from __future__ import annotations
 
-__all__ = ["HydrapoolError", "PoolClosed", "PoolFull", "RetryAfter"]
+__all__ = ["Closed", "HydrapoolError", "PoolClosed", "PoolFull", "RetryAfter"]
 
 
 class HydrapoolError(Exception):
@@ -23,7 +24,11 @@ class HydrapoolError(Exception):
         super().__init__(message or (self.__doc__ or "").strip())
 
 
-class PoolClosed(HydrapoolError):
+class Closed(HydrapoolError):
+    """This object is closed: it takes no new work."""
+
+
+class PoolClosed(Closed):
     """The pool is closed: it takes no new tasks."""
 
 

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
+from hydrapool._callables import is_async_callable
 from hydrapool._handle import (
     CANCELLED,
     FAILED,
@@ -90,15 +91,6 @@ class DrainResult:
     running: int
     pending: int
     superseded: bool
-
-
-def _is_async(fn: Callable[..., Any]) -> bool:
-    if type(fn) is _FunctionType and fn.__code__.co_flags & _CO_COROUTINE:
-        return True
-    if inspect.iscoroutinefunction(fn):
-        return True
-    call = getattr(type(fn), "__call__", None)  # noqa: B004  # an async __call__ on an instance
-    return not inspect.isroutine(fn) and call is not None and inspect.iscoroutinefunction(call)
 
 
 def _check_callable(fn: object) -> None:
@@ -213,6 +205,7 @@ class Pool:
         self._put_waiters: deque[asyncio.Future[None]] = deque()
         self._reserved = 0  # backlog places promised to woken put() callers
         self._executor: ThreadPoolExecutor | None = None
+        self._hook_tasks: set[asyncio.Future[Any]] = set()  # async on_error calls in flight
 
     # ── configuration and state ────────────────────────────────────────────
     @property
@@ -299,7 +292,7 @@ class Pool:
         """
         if self._closed:
             raise self._closed_error()
-        if self._max_pending is not None and (self._put_waiters or not self._room(0)):
+        if self._max_pending is not None and (self._put_waiters or not self._room()):
             raise PoolFull(
                 f"the backlog holds max_pending={self._max_pending} tasks; "
                 "await pool.put(...) to wait for room"
@@ -312,7 +305,7 @@ class Pool:
         """Like ``add``, but waits (first come, first served) while the backlog is full."""
         if self._closed:
             raise self._closed_error()
-        if self._max_pending is not None and (self._put_waiters or not self._room(0)):
+        if self._max_pending is not None and (self._put_waiters or not self._room()):
             await self._wait_for_room()
         return self._add(fn, args, kwargs, priority)
 
@@ -334,7 +327,7 @@ class Pool:
         if type(fn) is _FunctionType and fn.__code__.co_flags & _CO_COROUTINE:
             sync = False
         else:
-            sync = not _is_async(fn)
+            sync = not is_async_callable(fn)
         handle: TaskHandle[Any] = TaskHandle(
             self, fn, args, kwargs or None, priority, self._seq, sync, _copy_context()
         )
@@ -348,10 +341,10 @@ class Pool:
             self._start(handle)
         return handle
 
-    def _room(self, reserved: int) -> bool:
+    def _room(self) -> bool:
         """May one more task be admitted without exceeding max_pending?"""
         assert self._max_pending is not None
-        queued = self._npending + self._reserved - reserved
+        queued = self._npending + self._reserved
         if self._gated:
             return queued < self._max_pending
         return self._running + queued < self._concurrency + self._max_pending
@@ -359,7 +352,7 @@ class Pool:
     async def _wait_for_room(self) -> None:
         loop = self._bind_current()
         first = True
-        while not self._closed and ((first and bool(self._put_waiters)) or not self._room(0)):
+        while not self._closed and ((first and bool(self._put_waiters)) or not self._room()):
             fut: asyncio.Future[None] = loop.create_future()
             if first:
                 self._put_waiters.append(fut)
@@ -381,7 +374,7 @@ class Pool:
 
     def _wake_putters(self) -> None:
         waiters = self._put_waiters
-        while waiters and (self._closed or self._room(0)):
+        while waiters and (self._closed or self._room()):
             fut = waiters.popleft()
             if not fut.done():
                 self._reserved += 1
@@ -548,17 +541,13 @@ class Pool:
             outcome = self._on_error(exc, handle)
             if inspect.isawaitable(outcome):
                 task = asyncio.ensure_future(outcome)
-                self._active_callbacks.add(task)
+                self._hook_tasks.add(task)
                 task.add_done_callback(self._callback_done)
         except Exception:  # a broken hook must not take the pool down
             logger.exception("on_error hook raised for %r", handle)
 
-    @functools.cached_property
-    def _active_callbacks(self) -> set[asyncio.Future[Any]]:
-        return set()
-
     def _callback_done(self, task: asyncio.Future[Any]) -> None:
-        self._active_callbacks.discard(task)
+        self._hook_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("on_error hook raised", exc_info=task.exception())
 
