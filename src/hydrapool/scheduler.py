@@ -159,6 +159,7 @@ class Scheduler:
         self._changed = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._napping: set[asyncio.Task[Any]] = set()  # runs waiting out jitter or back-off
 
     # ── the job table ──────────────────────────────────────────────────────
     def add(
@@ -276,6 +277,8 @@ class Scheduler:
         """Stop firing; wait for runs in progress to finish."""
         self._stopping = True
         self._changed.set()
+        for task in self._napping:
+            task.cancel()  # not started yet (jitter) or between tries: nothing to finish
         if self._loop_task is not None:
             await self._loop_task
         await self._wait_jobs()
@@ -324,8 +327,8 @@ class Scheduler:
         task.add_done_callback(job.active.discard)
 
     async def _run_job(self, job: _Job) -> None:
-        if job.jitter:
-            await self._clock.sleep(random.uniform(0, job.jitter))
+        if job.jitter and not await self._nap(random.uniform(0, job.jitter)):
+            return
         attempt = 0
         while True:
             attempt += 1
@@ -336,13 +339,29 @@ class Scheduler:
             except Exception as exc:
                 if job.retry is not None and job.retry.should_retry(exc, attempt):
                     job.retries += 1
-                    await self._clock.sleep(job.retry.delay(attempt))
-                    continue
+                    if await self._nap(job.retry.delay(attempt)):
+                        continue
                 await self._failed(job, exc)
                 return
             job.runs += 1
             self._obey(job, outcome)
             return
+
+    async def _nap(self, seconds: float) -> bool:
+        """Wait on the clock; False if the scheduler stopped meanwhile."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._napping.add(task)
+        try:
+            await self._clock.sleep(seconds)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            task.uncancel()
+            return False
+        finally:
+            self._napping.discard(task)
+        return not self._stopping
 
     async def _failed(self, job: _Job, exc: BaseException) -> None:
         job.failures += 1
