@@ -239,6 +239,7 @@ class WorkerGroup:
         self._closed = False
         self._closing: asyncio.Task[None] | None = None
         self._later: set[asyncio.TimerHandle] = set()  # messages waiting out a back-off
+        self._later_done = asyncio.Event()  # set whenever _later becomes empty
         self._background: set[asyncio.Future[Any]] = set()
         self._stats = {"handled": 0, "failed": 0, "retried": 0, "restarts": 0}
 
@@ -285,9 +286,8 @@ class WorkerGroup:
             await asyncio.gather(*(w.mailbox.join() for w in self._workers if w.alive))
             if not self._later:
                 break
-            await asyncio.sleep(
-                min(t.when() for t in self._later) - asyncio.get_running_loop().time()
-            )
+            self._later_done.clear()
+            await self._later_done.wait()
         current = asyncio.current_task()
         for worker in self._workers:
             if worker.task is not None and worker.task is not current and not worker.task.done():
@@ -474,6 +474,8 @@ class WorkerGroup:
     def _redeliver_later(self, worker: _Worker, envelope: _Envelope, seconds: float) -> None:
         def redeliver() -> None:
             self._later.discard(timer)
+            if not self._later:
+                self._later_done.set()
             alive = [w for w in self._workers if w.alive]
             if worker.alive:
                 self._post(worker, envelope)

@@ -318,3 +318,21 @@ async def test_sending_before_start_or_after_close() -> None:
     await group.close()
     with pytest.raises(hp.Closed):
         await group.call(1)
+
+
+async def test_close_waits_for_messages_in_back_off() -> None:
+    done: list[str] = []
+    calls = 0
+
+    class Flaky:
+        async def handle(self, msg: str, state: None) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise ConnectionError
+            done.append(msg)
+
+    retry = hp.Retry(attempts=2, backoff=hp.Backoff.fixed(0.02))
+    async with hp.WorkerGroup(Flaky, size=1, retry=retry) as group:
+        await group.cast("once")
+    assert done == ["once"], "close() let the backed-off message run before stopping"
