@@ -95,6 +95,7 @@ class PoolMap(Generic[T]):
         self._window = window
         self._return_exceptions = return_exceptions
         self._started = False
+        self._exhausted = False
         # Refill in batches: one call per quarter window, not one per item.
         self._batch = max(1, window // 4)
 
@@ -140,16 +141,20 @@ class PoolMap(Generic[T]):
             handles.append(handle)
         return handles
 
+    async def _top_up(self, in_flight: int) -> list[TaskHandle[Any]]:
+        """New handles that bring the tasks in flight back up to ``window``."""
+        want = self._window - in_flight
+        if self._exhausted or (want < self._batch and in_flight):
+            return []
+        handles = await self._refill(want)
+        self._exhausted = len(handles) < want
+        return handles
+
     async def _run_ordered(self) -> AsyncIterator[T]:
         inflight: deque[TaskHandle[Any]] = deque()
-        exhausted = False
         try:
             while True:
-                want = self._window - len(inflight)
-                if not exhausted and (want >= self._batch or not inflight):
-                    handles = await self._refill(want)
-                    exhausted = len(handles) < want
-                    inflight.extend(handles)
+                inflight.extend(await self._top_up(len(inflight)))
                 if not inflight:
                     return
                 head = inflight[0]
@@ -174,16 +179,11 @@ class PoolMap(Generic[T]):
             signal.set()
 
         inflight: set[TaskHandle[Any]] = set()
-        exhausted = False
         try:
             while True:
-                want = self._window - len(inflight)
-                if not exhausted and (want >= self._batch or not inflight):
-                    handles = await self._refill(want)
-                    exhausted = len(handles) < want
-                    for handle in handles:
-                        inflight.add(handle)
-                        handle._add_callback(on_end)
+                for handle in await self._top_up(len(inflight)):
+                    inflight.add(handle)
+                    handle._add_callback(on_end)
                 if not inflight:
                     return
                 while not finished:
