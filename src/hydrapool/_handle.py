@@ -60,6 +60,7 @@ class TaskHandle(Generic[T]):
     __slots__ = (
         "_cancel_requested",
         "_ctx",
+        "_free_tries",
         "_listeners",
         "_outcome",
         "_pool",
@@ -110,6 +111,11 @@ class TaskHandle(Generic[T]):
             None
         )
         self._cancel_requested = False
+        self._free_tries = 0  # reruns asked for with RetryAfter: they spend no attempt
+
+    def _spent(self) -> int:
+        """Tries that count against the retry policy."""
+        return self.attempts - self._free_tries
 
     @property
     def state(self) -> TaskState:

@@ -196,39 +196,43 @@ class PoolMap(Generic[T]):
                 handle.cancel()
 
 
-async def iterate_completed(
-    pool: Pool, handles: Iterable[TaskHandle[Any]] | None
-) -> AsyncIterator[TaskHandle[Any]]:
-    """Handles as they end: the given ones, or every one of the pool until it is idle."""
-    finished: deque[TaskHandle[Any] | None] = deque()
-    signal = _Signal()
+class CompletedStream:
+    """Handles as they end: the given ones, or every one of the pool until it is idle.
 
-    def on_end(handle: TaskHandle[Any] | None) -> None:
-        finished.append(handle)
-        signal.set()
+    Registration happens when the stream is created (not when iteration
+    starts), so no task that ends in between is missed.
+    """
 
-    if handles is not None:
-        expected = 0
-        for handle in set(handles):
-            handle._add_callback(on_end)
-            expected += 1
-        for _ in range(expected):
-            while not finished:
-                await signal.wait()
-            done = finished.popleft()
-            assert done is not None
-            yield done
-        return
-    if not pool._unfinished:
-        return
-    pool._listeners.append(on_end)
-    try:
-        while True:
-            while not finished:
-                await signal.wait()
-            done = finished.popleft()
-            if done is None:
-                return
-            yield done
-    finally:
-        pool._listeners.remove(on_end)
+    def __init__(self, pool: Pool, handles: Iterable[TaskHandle[Any]] | None) -> None:
+        self._finished: deque[TaskHandle[Any] | None] = deque()
+        self._signal = _Signal()
+        self._left: int | None = None  # handles still expected; None: until the pool is idle
+        if handles is not None:
+            unique = list(dict.fromkeys(handles))  # keeps the caller's order
+            self._left = len(unique)
+            for handle in unique:
+                handle._add_callback(self._on_end)
+        elif pool._unfinished:
+            pool._listeners.append(self._on_end)
+        else:
+            self._left = 0
+
+    def _on_end(self, handle: TaskHandle[Any] | None) -> None:
+        self._finished.append(handle)
+        self._signal.set()
+
+    def __aiter__(self) -> CompletedStream:
+        return self
+
+    async def __anext__(self) -> TaskHandle[Any]:
+        if self._left == 0:
+            raise StopAsyncIteration
+        while not self._finished:
+            await self._signal.wait()
+        handle = self._finished.popleft()
+        if handle is None:  # the pool went idle
+            self._left = 0
+            raise StopAsyncIteration
+        if self._left is not None:
+            self._left -= 1
+        return handle

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import inspect
 import logging
 import math
+import time
 import types
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable
@@ -38,7 +38,7 @@ from hydrapool._handle import (
     TaskHandle,
     TaskState,
 )
-from hydrapool._mapping import PoolMap, iterate_completed
+from hydrapool._mapping import CompletedStream, PoolMap
 from hydrapool._pending import Backlog
 from hydrapool.exceptions import PoolClosed, PoolFull, RetryAfter
 from hydrapool.ratelimit import RateLimit, SlidingWindow
@@ -90,6 +90,7 @@ class DrainResult:
     cancelled: int
     running: int
     pending: int
+    waiting: int
     superseded: bool
 
 
@@ -205,6 +206,8 @@ class Pool:
         self._put_waiters: deque[asyncio.Future[None]] = deque()
         self._reserved = 0  # backlog places promised to woken put() callers
         self._executor: ThreadPoolExecutor | None = None
+        self._executor_size = 0
+        self._zombies = 0  # threads still busy with calls the pool gave up on
         self._hook_tasks: set[asyncio.Future[Any]] = set()  # async on_error calls in flight
 
     # ── configuration and state ────────────────────────────────────────────
@@ -216,9 +219,6 @@ class Pool:
     @concurrency.setter
     def concurrency(self, value: int) -> None:
         self._concurrency = _check_count("concurrency", value, 1)
-        if self._executor is not None and self._executor._max_workers < value:
-            self._executor.shutdown(wait=False)
-            self._executor = None
         if self._loop is not None:
             self._fill()
 
@@ -342,12 +342,29 @@ class Pool:
         return handle
 
     def _room(self) -> bool:
-        """May one more task be admitted without exceeding max_pending?"""
+        """May one more task be admitted without exceeding max_pending?
+
+        Room = the backlog's free places plus the tasks that could start at
+        once (free slots, as far as pause, RetryAfter and the rate let them).
+        """
         assert self._max_pending is not None
         queued = self._npending + self._reserved
-        if self._gated:
-            return queued < self._max_pending
-        return self._running + queued < self._concurrency + self._max_pending
+        if queued < self._max_pending:
+            return True
+        return queued < self._max_pending + self._startable_now()
+
+    def _startable_now(self) -> int:
+        free = self._concurrency - self._running
+        if free <= 0 or not self._gated:
+            return max(free, 0)
+        loop = self._loop
+        now = loop.time() if loop is not None else time.monotonic()
+        delay = self._gate_delay(now)
+        if delay > 0:
+            if delay != math.inf and loop is not None and self._put_waiters:
+                self._wake_at(now + delay)  # putters re-check when the gate opens
+            return 0
+        return free if self._window is None else min(free, self._window.available(now))
 
     async def _wait_for_room(self) -> None:
         loop = self._bind_current()
@@ -359,6 +376,7 @@ class Pool:
             else:
                 self._put_waiters.appendleft(fut)  # woken once already: keep our turn
             first = False
+            self._startable_now()  # a closed time gate schedules the wake-up
             try:
                 await fut
             except asyncio.CancelledError:
@@ -432,20 +450,40 @@ class Pool:
         self._active.add(handle)
         handle._runner = loop.create_task(self._run(handle), context=handle._ctx)
 
+    def _thread_executor(self) -> ThreadPoolExecutor:
+        """An executor with a thread for every slot, plus one per abandoned call.
+
+        A blocking call that timed out or was cancelled keeps its thread until
+        it returns; counting those threads keeps them from starving new calls.
+        """
+        needed = self._concurrency + self._zombies
+        if self._executor is None or self._executor_size < needed:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
+            self._executor = ThreadPoolExecutor(needed, thread_name_prefix="hydrapool-pool")
+            self._executor_size = needed
+        return self._executor
+
     async def _call_in_thread(self, handle: TaskHandle[Any]) -> Any:
-        executor = self._executor
-        if executor is None:
-            executor = self._executor = ThreadPoolExecutor(
-                max_workers=self._concurrency, thread_name_prefix="hydrapool-pool"
-            )
-        call = functools.partial(
-            _copy_context().run, handle.fn, *handle.args, **(handle.kwargs or {})
+        ctx = _copy_context()
+        future = self._thread_executor().submit(
+            ctx.run, handle.fn, *handle.args, **(handle.kwargs or {})
         )
-        assert self._loop is not None
-        result = await self._loop.run_in_executor(executor, call)
+        try:
+            result = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if not future.cancel():  # already running: its thread is busy until it returns
+                self._zombies += 1
+                loop = self._loop
+                assert loop is not None
+                future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._zombie_returned))
+            raise
         if inspect.isawaitable(result):  # e.g. a lambda that returns a coroutine
             result = await result
         return result
+
+    def _zombie_returned(self) -> None:
+        self._zombies -= 1
 
     async def _run(self, handle: TaskHandle[Any]) -> None:
         try:
@@ -466,8 +504,12 @@ class Pool:
             self._running -= 1
             self._active.discard(handle)
             handle._runner = None
+            external = isinstance(exc, asyncio.CancelledError) and not handle._cancel_requested
             self._after_failure(handle, exc)
-            self._fill()
+            # Cancelled from outside (the loop shutting down, most likely): start
+            # nothing new on it; the next add() or ending task refills the slots.
+            if not external:
+                self._fill()
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
         else:
@@ -488,14 +530,15 @@ class Pool:
             self._fail(handle, exc)
         elif isinstance(exc, RetryAfter):
             self._throttle(handle, exc.seconds)
-        elif self._retry is not None and self._retry.should_retry(exc, handle.attempts):
-            self._schedule_retry(handle, self._retry.delay(handle.attempts))
+        elif self._retry is not None and self._retry.should_retry(exc, handle._spent()):
+            self._schedule_retry(handle, self._retry.delay(handle._spent()))
         else:
             self._fail(handle, exc)
 
     def _throttle(self, handle: TaskHandle[Any], seconds: float) -> None:
         assert self._loop is not None
         self._throttled += 1
+        handle._free_tries += 1
         until = self._loop.time() + seconds
         if until > self._hold_until:
             self._hold_until = until
@@ -586,8 +629,9 @@ class Pool:
         if drain is not None and not drain.done():
             drain.set_result(self._snapshot(superseded=False))
         self._drain_fut = None
-        for listener in self._listeners:
-            listener(None)
+        listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            listener(None)  # streams over the whole pool end when it is idle
 
     # ── the gate: pause, RetryAfter, rate limit ────────────────────────────
     def _fill(self) -> None:
@@ -603,22 +647,27 @@ class Pool:
         if self._put_waiters:
             self._wake_putters()
 
-    def _gate_open(self) -> bool:
+    def _gate_delay(self, now: float) -> float:
+        """Seconds until the gate lets a task start (0: now; inf: paused)."""
         if self._paused:
-            return False
-        assert self._loop is not None
-        now = self._loop.time()
+            return math.inf
         if self._hold_until:
             if now < self._hold_until:
-                self._wake_at(self._hold_until)
-                return False
+                return self._hold_until - now
             self._hold_until = 0.0
             self._gated = self._window is not None
+        return 0.0 if self._window is None else self._window.wait(now)
+
+    def _gate_open(self) -> bool:
+        """May a task start now? If not, make sure a timer wakes the pool when it may."""
+        assert self._loop is not None
+        now = self._loop.time()
+        delay = self._gate_delay(now)
+        if delay > 0:
+            if delay != math.inf:
+                self._wake_at(now + delay)
+            return False
         if self._window is not None:
-            wait = self._window.wait(now)
-            if wait > 0:
-                self._wake_at(now + wait)
-                return False
             self._window.take(now)
         return True
 
@@ -725,14 +774,19 @@ class Pool:
         return result
 
     async def done(self) -> PoolStatistics:
-        """Close the pool and wait for every task; returns the final statistics."""
+        """Close the pool and wait for every task (and on_error hook); returns the statistics."""
         self.close()
+        await self._settle()
+        self._raise_fatal()
+        return self.statistics()
+
+    async def _settle(self) -> None:
         await self._wait_idle()
+        while self._hook_tasks:
+            await asyncio.gather(*self._hook_tasks, return_exceptions=True)
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
-        self._raise_fatal()
-        return self.statistics()
 
     def _snapshot(self, *, superseded: bool) -> DrainResult:
         return DrainResult(
@@ -740,7 +794,8 @@ class Pool:
             failed=self._failed,
             cancelled=self._cancelled,
             running=self._running,
-            pending=self._unfinished - self._running,
+            pending=self._npending,
+            waiting=self._unfinished - self._running - self._npending,
             superseded=superseded,
         )
 
@@ -755,7 +810,7 @@ class Pool:
         # The block failed: like asyncio.TaskGroup, cancel what is left, wait, re-raise.
         self.close()
         self.cancel_all()
-        await self._wait_idle()
+        await self._settle()
 
     # ── streams of results ─────────────────────────────────────────────────
     def map(
@@ -791,7 +846,7 @@ class Pool:
         With ``handles``: exactly those. Without: every task of the pool that
         ends from now on, including tasks added meanwhile, until the pool is idle.
         """
-        return iterate_completed(self, handles)
+        return CompletedStream(self, handles)
 
 
 @dataclass(slots=True)

@@ -56,6 +56,12 @@ class SlidingWindow:
             return 0.0
         return max(0.0, starts[0] + self._per - now)
 
+    def available(self, now: float) -> int:
+        """How many starts are allowed right now."""
+        horizon = now - self._per
+        recent = sum(1 for t in self._starts if t > horizon)
+        return (self._starts.maxlen or 0) - recent
+
     def take(self, now: float) -> None:
         """Record a start at ``now`` (call only when ``wait(now)`` is 0)."""
         self._starts.append(now)
