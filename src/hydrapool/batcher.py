@@ -126,6 +126,7 @@ class Batcher(Generic[T]):
         self._worker: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_deadline = 0.0
         self._closed = False
         self.failed: list[FailedBatch[T]] = []
         self._stats = {"batches": 0, "items": 0, "failed": 0, "retries": 0}
@@ -145,12 +146,23 @@ class Batcher(Generic[T]):
     # ── pushing ────────────────────────────────────────────────────────────
     def push(self, item: T) -> None:
         """Add one item; a full batch is handed over at once (in the background)."""
-        self.push_many((item,))
+        if self._closed:
+            raise self._closed_error()
+        loop = asyncio.get_running_loop()
+        batch = self._open
+        batch.append(item)
+        if len(batch) >= self.limit:
+            self._open = []
+            self._cut_batch(batch)
+        elif len(batch) == 1 and self.timeout is not None:
+            self._timer = loop.call_later(self.timeout, self._on_timeout)
+        if self.idle_after is not None:
+            self._restart_idle_timer(loop)
 
     def push_many(self, items: Iterable[T]) -> None:
         """Add items in order; every full batch among them is handed over."""
         if self._closed:
-            raise Closed(f"Batcher {self.name or ''} is closed: push() takes no item".strip())
+            raise self._closed_error()
         loop = asyncio.get_running_loop()
         was_empty = not self._open
         self._open.extend(items)
@@ -160,6 +172,10 @@ class Batcher(Generic[T]):
         if self._open and (was_empty or self._timer is None) and self.timeout is not None:
             self._timer = loop.call_later(self.timeout, self._on_timeout)
         self._restart_idle_timer(loop)
+
+    def _closed_error(self) -> Closed:
+        label = f" {self.name!r}" if self.name else ""
+        return Closed(f"Batcher{label} is closed: push() takes no item")
 
     def _cut_batch(self, batch: list[T]) -> None:
         if self._timer is not None:
@@ -230,12 +246,17 @@ class Batcher(Generic[T]):
     def _restart_idle_timer(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.idle_after is None or self._on_idle is None:
             return
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        self._idle_timer = loop.call_later(self.idle_after, self._on_idle_timer)
+        # Re-arming a timer on every push is costly: move the deadline lazily instead.
+        self._idle_deadline = loop.time() + self.idle_after
+        if self._idle_timer is None:
+            self._idle_timer = loop.call_at(self._idle_deadline, self._on_idle_timer)
 
     def _on_idle_timer(self) -> None:
         self._idle_timer = None
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._idle_deadline:  # pushed since: wait out the rest
+            self._idle_timer = loop.call_at(self._idle_deadline, self._on_idle_timer)
+            return
         if self._open or self._ready or (self._worker is not None and not self._worker.done()):
             return  # not idle: the next push or finished batch restarts the timer
         assert self._on_idle is not None

@@ -42,7 +42,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from hydrapool._callables import call_maybe_async
+from hydrapool._callables import call_maybe_async, is_async_callable
 from hydrapool.exceptions import Closed, HydrapoolError
 from hydrapool.retry import Retry
 
@@ -88,6 +88,9 @@ class Reply:
 
     value: Any
     state: Any
+
+
+_SPECIAL = (StopWorker, StopGroup, Reply, type)  # replies that need more than delivering
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +143,10 @@ class _Crash(Exception):
     """A worker's own code failed outside handle(): restart it."""
 
 
+def _no_handle(msg: Any, state: Any) -> Any:
+    raise RuntimeError("worker not booted")
+
+
 class _Worker:
     """One worker: its object, state, mailbox and task."""
 
@@ -151,12 +158,25 @@ class _Worker:
         self.state: Any = None
         self.task: asyncio.Task[None] | None = None
         self.alive = False
+        self.handle: Callable[[Any, Any], Any] = _no_handle
+        self.handle_is_async = False
 
     async def boot(self) -> None:
         self.obj = self.group._factory()
+        handle = getattr(self.obj, "handle", None)
+        if not callable(handle):
+            raise TypeError(f"worker object {self.obj!r} has no handle(msg, state) method")
+        self.handle = handle
+        self.handle_is_async = is_async_callable(handle)
         init = getattr(self.obj, "init", None)
         self.state = None if init is None else await call_maybe_async(init, in_thread=False)
         self.alive = True
+        self.group._refresh_live()
+
+    async def call_handle(self, msg: Any) -> Any:
+        if self.handle_is_async:
+            return await self.handle(msg, self.state)
+        return await call_maybe_async(self.handle, msg, self.state)
 
     async def run(self) -> None:
         """Handle messages until StopWorker or cancellation (by close())."""
@@ -176,6 +196,7 @@ class _Worker:
         if not self.alive:
             return
         self.alive = False
+        self.group._refresh_live()
         terminate = getattr(self.obj, "terminate", None)
         if terminate is not None:
             try:
@@ -234,6 +255,7 @@ class WorkerGroup:
         self._mailbox_size = mailbox_size
         self._on_ready = on_ready
         self._workers: list[_Worker] = []
+        self._live: list[_Worker] = []  # the alive workers, kept current on start/stop
         self._next = -1
         self._started = False
         self._closed = False
@@ -313,11 +335,13 @@ class WorkerGroup:
         if not self._started:
             raise RuntimeError("start the WorkerGroup first (async with, or await group.start())")
 
+    def _refresh_live(self) -> None:
+        self._live = [w for w in self._workers if w.alive]
+
     def _alive(self) -> list[_Worker]:
-        alive = [w for w in self._workers if w.alive]
-        if not alive:
+        if not self._live:
             raise Closed("every worker of the group has stopped")
-        return alive
+        return self._live
 
     def _pick(self, msg: Any) -> _Worker:
         alive = self._alive()
@@ -388,7 +412,7 @@ class WorkerGroup:
         """Handle one message (with immediate retries); True if the worker must stop."""
         while True:
             try:
-                outcome = await call_maybe_async(worker.obj.handle, envelope.msg, worker.state)
+                outcome = await worker.call_handle(envelope.msg)
             except (StopWorker, StopGroup) as signal:
                 outcome = signal
             except Exception as exc:
@@ -401,6 +425,10 @@ class WorkerGroup:
             return self._settle(worker, envelope, outcome)
 
     def _settle(self, worker: _Worker, envelope: _Envelope, outcome: Any) -> bool:
+        if not isinstance(outcome, _SPECIAL):  # the usual case: a plain reply
+            if envelope.reply is not None and not envelope.reply.done():
+                envelope.reply.set_result(outcome)
+            return False
         if isinstance(outcome, type) and issubclass(outcome, (StopWorker, StopGroup)):
             outcome = outcome()
         stop = False
