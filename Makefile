@@ -37,6 +37,7 @@ check: lint typecheck test ## format, lint, types, tests: the one way to check
 
 bench: $(STAMP) ## run the benchmarks (each prints JSON)
 	$(PY) bench/pool.py
+	$(PY) bench/workers.py
 
 clean: ## remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
