@@ -76,8 +76,10 @@ class Batcher(Generic[T]):
         reverse: hand each batch over newest item first (LIFO).
         retry: an ``hp.Retry`` for failing batches (default: one try).
         on_error: ``on_error(error, items)`` for a batch that failed for good.
-        idle_after, on_idle: call ``on_idle()`` once nothing was pushed or
-            handled for ``idle_after`` seconds.
+        idle_after, on_idle: call ``on_idle()`` once nothing was pushed for
+            ``idle_after`` seconds and no item is waiting or being handled
+            (a partial batch with no ``timeout`` waits for ``flush()``, so it
+            keeps the batcher from being idle).
         name: register the batcher so ``Batcher.named(name)`` finds it.
     """
 

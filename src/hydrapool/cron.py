@@ -85,9 +85,8 @@ class Cron:
             raise TypeError(f"cron expression must be a string, got {expr!r}")
         fields = expr.split()
         if len(fields) not in (5, 6):
-            raise ValueError(
-                f"cron expression {expr!r} has {len(fields)} fields; it needs 5 ({_FIELD_HELP})"
-            )
+            count = f"{len(fields)} field{'' if len(fields) == 1 else 's'}"
+            raise ValueError(f"cron expression {expr!r} has {count}; it needs 5 ({_FIELD_HELP})")
         self.expr = " ".join(fields)
         self.tz = _zone(tz)
         self._seconds = len(fields) == 6

@@ -23,7 +23,7 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from hydrapool._callables import call_maybe_async
@@ -110,6 +110,7 @@ class _Job:
     retry: Retry | None
     overlap: bool
     jitter: float
+    tz: str | tzinfo | None = None  # the job's own zone for cron (None: the scheduler's)
     next_run: datetime | None = None
     paused: bool = False
     runs: int = 0
@@ -125,7 +126,8 @@ class _Job:
             return
         assert self.every is not None
         step = timedelta(seconds=self.every)
-        base = self.next_run if self.next_run is not None else now
+        now = now.astimezone(UTC)  # absolute arithmetic: wall-clock zones jump at DST
+        base = self.next_run.astimezone(UTC) if self.next_run is not None else now
         nxt = base + step
         if nxt <= now:  # fell behind (a long stall): skip the missed ticks
             missed = (now - nxt) // step + 1
@@ -189,20 +191,15 @@ class Scheduler:
                 f"job {name!r}: jitter must be a number of seconds >= 0, got {jitter!r}"
             )
         call = functools.partial(fn, *args, **(kwargs or {})) if args or kwargs else fn
-        job = _Job(name, call, None, None, retry or self._retry, overlap, float(jitter))
-        self._set_schedule(job, every, cron, tz)
+        job = _Job(name, call, None, None, retry or self._retry, overlap, float(jitter), tz)
+        self._set_schedule(job, every, cron)
         self._jobs[name] = job
         self._changed.set()
 
-    def _set_schedule(
-        self,
-        job: _Job,
-        every: float | timedelta | None,
-        cron: str | None,
-        tz: str | tzinfo | None = None,
-    ) -> None:
+    def _set_schedule(self, job: _Job, every: float | timedelta | None, cron: str | None) -> None:
         if cron is not None:
-            job.cron, job.every = Cron(cron, tz=tz if tz is not None else self._tz), None
+            zone = job.tz if job.tz is not None else self._tz
+            job.cron, job.every = Cron(cron, tz=zone), None
         else:
             assert every is not None
             job.cron, job.every = None, _seconds(every)
@@ -221,11 +218,19 @@ class Scheduler:
         self._changed.set()
 
     def reschedule(
-        self, name: str, *, every: float | timedelta | None = None, cron: str | None = None
+        self,
+        name: str,
+        *,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        tz: str | tzinfo | None = None,
     ) -> None:
-        """Give ``name`` a new schedule, counted from now."""
+        """Give ``name`` a new schedule, counted from now (``tz``: a new zone for cron)."""
         _one_schedule(every, cron)
-        self._set_schedule(self._job(name), every, cron)
+        job = self._job(name)
+        if tz is not None:
+            job.tz = tz
+        self._set_schedule(job, every, cron)
         self._changed.set()
 
     def pause(self, name: str) -> None:
@@ -306,7 +311,11 @@ class Scheduler:
             await self._sleep_until_next(now)
 
     async def _sleep_until_next(self, now: datetime) -> None:
-        upcoming = [j.next_run for j in self._jobs.values() if not j.paused and j.next_run]
+        # Compare in UTC: within one zone Python ignores `fold`, so 01:00 EST
+        # (the second pass of a fall-back) would sort before 01:30 EDT.
+        upcoming = [
+            j.next_run.astimezone(UTC) for j in self._jobs.values() if not j.paused and j.next_run
+        ]
         waiters: list[asyncio.Task[Any]] = [asyncio.ensure_future(self._changed.wait())]
         if upcoming:
             delay = (min(upcoming) - now).total_seconds()

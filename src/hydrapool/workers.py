@@ -6,7 +6,8 @@ Each worker is an object made by ``worker_cls_or_factory()`` with:
 - ``handle(self, msg, state) -> reply`` (required, sync or async);
 - ``on_error(self, msg, attempt, error, state) -> decision`` (optional):
   ``hp.Decision.retry(state=...)``, ``hp.Decision.backoff(seconds)`` or
-  ``hp.Decision.halt()``; returning None follows the group's ``retry`` policy;
+  ``hp.Decision.halt()``; returning None follows the group's ``retry`` policy
+  (its ``backoff`` and ``retry_on``);
 - ``terminate(self, state)`` (optional): called when the worker stops.
 
 Messages are dispatched by ``mode``: ``round_robin``, ``random``,
@@ -28,8 +29,11 @@ one worker, in order) or ``broadcast`` (every worker gets every message).
 
 A worker stops itself with ``hp.StopWorker`` and the group with
 ``hp.StopGroup`` (raised or returned by ``handle``). A worker that crashes
-outside handled errors (``init``, ``on_error`` or ``terminate`` raising) is
-restarted with fresh state; restarts are counted in ``statistics()``.
+outside handled errors (``on_error`` raising) is restarted with fresh state
+(``terminate`` is called on the old object first); restarts are counted in
+``statistics()``. ``on_error`` decisions apply while the group's ``retry``
+allows another attempt: its default of one try means no retry, so pass
+``retry=hp.Retry(attempts=n)`` to let ``on_error`` retry up to n tries in all.
 """
 
 from __future__ import annotations
@@ -188,6 +192,8 @@ class _Worker:
                     stop = await self.group._deliver(self, envelope)
             except _Crash:
                 await self.group._restart(self)
+                if not self.alive:  # the restart failed: this worker is gone
+                    return
             finally:
                 self.mailbox.task_done()
         await self.finish()
@@ -197,13 +203,17 @@ class _Worker:
             return
         self.alive = False
         self.group._refresh_live()
+        await self.terminate()
+        self.group._worker_ended(self)
+
+    async def terminate(self) -> None:
+        """Call the object's terminate(state) hook, if any; its errors are logged."""
         terminate = getattr(self.obj, "terminate", None)
         if terminate is not None:
             try:
                 await call_maybe_async(terminate, self.state, in_thread=False)
             except Exception:
                 logger.exception("worker %d: terminate() raised", self.index)
-        self.group._worker_ended(self)
 
 
 class WorkerGroup:
@@ -474,19 +484,19 @@ class WorkerGroup:
     async def _decide(self, worker: _Worker, envelope: _Envelope, exc: Exception) -> Decision:
         on_error = getattr(worker.obj, "on_error", None)
         if on_error is None:
-            return self._default_decision(envelope.attempt)
+            return self._default_decision(envelope.attempt, exc)
         try:
             decision = await call_maybe_async(
                 on_error, envelope.msg, envelope.attempt, exc, worker.state, in_thread=False
             )
-            return self._as_decision(decision, envelope.attempt)
+            return self._as_decision(decision, envelope.attempt, exc)
         except Exception as crash:
             self._give_up(worker, envelope, exc)
             raise _Crash() from crash
 
-    def _as_decision(self, decision: object, attempt: int) -> Decision:
+    def _as_decision(self, decision: object, attempt: int, exc: Exception) -> Decision:
         if decision is None:
-            return self._default_decision(attempt)
+            return self._default_decision(attempt, exc)
         if decision == "retry" or decision == "halt":
             return Decision(decision)
         if not isinstance(decision, Decision):
@@ -495,7 +505,9 @@ class WorkerGroup:
             )
         return decision
 
-    def _default_decision(self, attempt: int) -> Decision:
+    def _default_decision(self, attempt: int, exc: Exception) -> Decision:
+        if not self._retry.should_retry(exc, attempt):
+            return Decision.halt()
         delay = self._retry.delay(attempt)
         return Decision.backoff(delay) if delay > 0 else Decision.retry()
 
@@ -518,11 +530,14 @@ class WorkerGroup:
     async def _restart(self, worker: _Worker) -> None:
         self._stats["restarts"] += 1
         logger.error("worker %d crashed; restarting it with fresh state", worker.index)
+        await worker.terminate()
         try:
             await worker.boot()
         except Exception:
             logger.exception("worker %d: restart failed; it stays down", worker.index)
-            await worker.finish()
+            worker.alive = False
+            self._refresh_live()
+            self._worker_ended(worker)
 
     def _worker_ended(self, worker: _Worker) -> None:
         """Hand a stopped worker's queued messages to the others (or fail them if none is left)."""

@@ -282,3 +282,27 @@ def test_duplicate_and_unknown_names() -> None:
         scheduler.remove("nope")
     with pytest.raises(TypeError, match="callable"):
         scheduler.add("x", 5, every=1)  # type: ignore[arg-type]
+
+
+async def test_fall_back_night_fixed_job_fires_on_time_beside_an_hourly_job() -> None:
+    clock = hp.ManualClock(datetime(2026, 11, 1, 4, 0, tzinfo=UTC))  # 00:00 EDT
+    fixed = Recorder(clock)
+    async with hp.Scheduler(clock=clock, tz="America/New_York") as scheduler:
+        scheduler.add("fixed", fixed, cron="30 1 * * *")  # 01:30 EDT = 05:30 UTC
+        scheduler.add("hourly", Recorder(clock), cron="0 * * * *")
+        await clock.advance(4 * 3600)
+    assert [t.isoformat() for t in fixed.times] == ["2026-11-01T05:30:00+00:00"]
+
+
+async def test_a_jobs_own_zone_survives_rescheduling() -> None:
+    clock = hp.ManualClock(START)
+    scheduler = hp.Scheduler(clock=clock)
+    scheduler.add("job", lambda: None, cron="0 9 * * *", tz="America/New_York")
+    scheduler.reschedule("job", cron="0 10 * * *")
+    next_run = scheduler.next_run("job")
+    assert next_run is not None
+    assert next_run.isoformat() == "2026-01-01T10:00:00-05:00"
+    scheduler.reschedule("job", cron="0 10 * * *", tz="Europe/Paris")
+    next_run = scheduler.next_run("job")
+    assert next_run is not None
+    assert next_run.isoformat() == "2026-01-01T10:00:00+01:00"

@@ -336,3 +336,55 @@ async def test_close_waits_for_messages_in_back_off() -> None:
     async with hp.WorkerGroup(Flaky, size=1, retry=retry) as group:
         await group.cast("once")
     assert done == ["once"], "close() let the backed-off message run before stopping"
+
+
+async def test_retry_policy_retry_on_is_honoured() -> None:
+    calls = 0
+
+    class Picky:
+        def handle(self, msg: Any, state: None) -> None:
+            nonlocal calls
+            calls += 1
+            raise ValueError("not retryable")
+
+    retry = hp.Retry(attempts=3, retry_on=ConnectionError)
+    async with hp.WorkerGroup(Picky, size=1, retry=retry) as group:
+        with pytest.raises(ValueError, match="not retryable"):
+            await group.call("x")
+    assert calls == 1
+
+
+async def test_restart_terminates_the_crashed_object_with_its_own_state() -> None:
+    made = 0
+    terminated: list[tuple[int, str]] = []
+    restarted = asyncio.Event()
+
+    class Worker:
+        def __init__(self) -> None:
+            nonlocal made
+            made += 1
+            self.n = made
+
+        def init(self) -> str:
+            if self.n == 2:
+                restarted.set()
+                raise RuntimeError("init fails on restart")
+            return f"state of {self.n}"
+
+        def handle(self, msg: Any, state: str) -> None:
+            raise ValueError(msg)
+
+        def on_error(self, *args: Any) -> None:
+            raise RuntimeError("hook crashes")
+
+        def terminate(self, state: str) -> None:
+            terminated.append((self.n, state))
+
+    group = hp.WorkerGroup(Worker, size=1)
+    await group.start()
+    with pytest.raises(ValueError, match="boom"):
+        await group.call("boom")
+    await restarted.wait()
+    await group.close()
+    assert terminated == [(1, "state of 1")]
+    assert group.statistics().alive == 0
