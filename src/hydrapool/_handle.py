@@ -162,7 +162,8 @@ class TaskHandle(Generic[T]):
     def cancel(self, msg: str | None = None) -> bool:
         """Cancel the task; False if it had already ended.
 
-        A waiting task is dropped from the backlog at once; a running one gets
+        A task that has not started (or is backing off) ends at once, and its
+        backlog entry is dropped soon after; a running one gets
         ``CancelledError`` at its next ``await`` and is cancelled when it ends.
         """
         state = self._state

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import weakref
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -117,53 +118,47 @@ class PoolMap(Generic[T]):
             return None
         return await self._pool.put(self._fn, item, priority=self._priority)
 
-    def _submit_now(self, count: int) -> list[TaskHandle[Any]] | None:
-        """Up to ``count`` handles without awaiting, or None when that needs awaits.
+    async def _refill(self, count: int, keep: Callable[[TaskHandle[Any]], None]) -> int:
+        """Add up to ``count`` items, handing each handle to ``keep`` as soon as it exists.
 
-        The common case (a plain iterable, no max_pending) needs no coroutine
-        per item; an empty list means the iterable is exhausted.
+        Returns how many were added (fewer: the iterable is exhausted). Each
+        handle is kept at once, so if the source raises or we are cancelled
+        part-way, the tasks already added are still cancelled with the map.
         """
+        added = 0
         it = self._source._it
-        if it is None or self._pool._max_pending is not None:
-            return None
-        add, fn, priority = self._pool.add, self._fn, self._priority
-        return [add(fn, item, priority=priority) for item in itertools.islice(it, count)]
-
-    async def _refill(self, count: int) -> list[TaskHandle[Any]]:
-        handles = self._submit_now(count)
-        if handles is not None:
-            return handles
-        handles = []
-        while len(handles) < count:
+        if it is not None and self._pool._max_pending is None:
+            # The common case needs no coroutine per item.
+            add, fn, priority = self._pool.add, self._fn, self._priority
+            for item in itertools.islice(it, count):
+                keep(add(fn, item, priority=priority))
+                added += 1
+            return added
+        while added < count:
             handle = await self._submit()
             if handle is None:
                 break
-            handles.append(handle)
-        return handles
+            keep(handle)
+            added += 1
+        return added
 
-    async def _top_up(self, in_flight: int) -> list[TaskHandle[Any]]:
-        """New handles that bring the tasks in flight back up to ``window``."""
+    async def _top_up(self, in_flight: int, keep: Callable[[TaskHandle[Any]], None]) -> None:
+        """Bring the tasks in flight back up to ``window``."""
         want = self._window - in_flight
         if self._exhausted or (want < self._batch and in_flight):
-            return []
-        handles = await self._refill(want)
-        self._exhausted = len(handles) < want
-        return handles
+            return
+        self._exhausted = await self._refill(want, keep) < want
 
     async def _run_ordered(self) -> AsyncIterator[T]:
         inflight: deque[TaskHandle[Any]] = deque()
         try:
             while True:
-                inflight.extend(await self._top_up(len(inflight)))
+                await self._top_up(len(inflight), inflight.append)
                 if not inflight:
                     return
                 head = inflight[0]
                 if not head.done():
-                    try:
-                        await head
-                    except BaseException:
-                        if not head.done():  # we were cancelled, not the task
-                            raise
+                    await _ended(head)
                 inflight.popleft()
                 yield _outcome(head, self._return_exceptions)
         finally:
@@ -179,11 +174,14 @@ class PoolMap(Generic[T]):
             signal.set()
 
         inflight: set[TaskHandle[Any]] = set()
+
+        def keep(handle: TaskHandle[Any]) -> None:
+            inflight.add(handle)
+            handle._add_callback(on_end)
+
         try:
             while True:
-                for handle in await self._top_up(len(inflight)):
-                    inflight.add(handle)
-                    handle._add_callback(on_end)
+                await self._top_up(len(inflight), keep)
                 if not inflight:
                     return
                 while not finished:
@@ -194,6 +192,22 @@ class PoolMap(Generic[T]):
         finally:
             for handle in inflight:
                 handle.cancel()
+
+
+async def _ended(handle: TaskHandle[Any]) -> None:
+    """Wait for ``handle`` to end without raising its outcome.
+
+    Waiting on a private future means a CancelledError here is always ours
+    (the consumer was cancelled), never the task's.
+    """
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake(_: TaskHandle[Any]) -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    handle._add_callback(wake)
+    await fut
 
 
 class CompletedStream:
@@ -213,7 +227,7 @@ class CompletedStream:
             for handle in unique:
                 handle._add_callback(self._on_end)
         elif pool._unfinished:
-            pool._listeners.append(self._on_end)
+            pool._listeners.append(weakref.WeakMethod(self._on_end))
         else:
             self._left = 0
 

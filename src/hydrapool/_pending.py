@@ -67,6 +67,17 @@ class Backlog:
         for bucket in list(self._buckets.values()):
             yield from list(bucket)
 
+    def compact(self) -> None:
+        """Drop entries that are no longer pending (cancelled while waiting)."""
+        for priority, bucket in list(self._buckets.items()):
+            live = deque(h for h in bucket if h._state is PENDING)
+            if live:
+                self._buckets[priority] = live
+            else:
+                del self._buckets[priority]
+        self._levels = [-p for p in self._buckets]
+        heapq.heapify(self._levels)
+
     def clear(self) -> None:
         """Forget every entry."""
         self._buckets.clear()

@@ -166,6 +166,7 @@ class Batcher(Generic[T]):
         if self._closed:
             raise self._closed_error()
         loop = asyncio.get_running_loop()
+        items = list(items)  # an iterable that raises part-way adds nothing
         was_empty = not self._open
         self._open.extend(items)
         while len(self._open) >= self.limit:
@@ -211,7 +212,9 @@ class Batcher(Generic[T]):
             attempt += 1
             try:
                 await call_maybe_async(self._handle_batch, items)
-            except Exception as exc:
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
+                    raise  # the loop is shutting down, not a failed batch
                 if self._retry is not None and self._retry.should_retry(exc, attempt):
                     self._stats["retries"] += 1
                     await asyncio.sleep(self._retry.delay(attempt))
@@ -223,6 +226,8 @@ class Batcher(Generic[T]):
             return
 
     async def _give_up(self, items: list[T], exc: BaseException) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            exc = RuntimeError("handle_batch raised CancelledError")
         self._stats["failed"] += 1
         if self._on_error is None:
             logger.error("batch of %d items failed for good", len(items), exc_info=exc)
@@ -278,9 +283,9 @@ class Batcher(Generic[T]):
         await fut
 
     async def close(self) -> None:
-        """Flush, then take no more items (``push`` raises ``hp.Closed``)."""
+        """Take no more items (``push`` raises ``hp.Closed``), then flush."""
+        self._closed = True  # first: an item pushed while we flush would be stranded
         await self.flush()
-        self._closed = True
         for timer in (self._timer, self._idle_timer):
             if timer is not None:
                 timer.cancel()
@@ -308,6 +313,11 @@ class Batcher(Generic[T]):
     def __repr__(self) -> str:
         label = f" {self.name!r}" if self.name else ""
         return f"<Batcher{label} limit={self.limit} pending={len(self._open)}>"
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _log_hook_failure(task: asyncio.Future[Any]) -> None:

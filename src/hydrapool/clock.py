@@ -72,6 +72,8 @@ class ManualClock:
 
     async def advance(self, seconds: float) -> None:
         """Move time forward, waking each sleeper at its deadline and letting its work run."""
+        if not seconds >= 0:
+            raise ValueError(f"ManualClock.advance seconds must be >= 0, got {seconds!r}")
         target = self._now + timedelta(seconds=seconds)
         await settle()
         while self._sleepers and self._sleepers[0][0] <= target:

@@ -37,7 +37,8 @@ _MONTH_NAMES = ["", *calendar.month_name[1:]]
 _FIELD_HELP = "minute hour day-of-month month day-of-week, or 6 fields with seconds first"
 
 
-def _zone(tz: str | tzinfo | None) -> tzinfo | None:
+def zone_of(tz: str | tzinfo | None) -> tzinfo | None:
+    """A tzinfo for a zone name (or a tzinfo, or None); a clear error for an unknown name."""
     if tz is None or isinstance(tz, tzinfo):
         return tz
     if not isinstance(tz, str):
@@ -88,7 +89,7 @@ class Cron:
             count = f"{len(fields)} field{'' if len(fields) == 1 else 's'}"
             raise ValueError(f"cron expression {expr!r} has {count}; it needs 5 ({_FIELD_HELP})")
         self.expr = " ".join(fields)
-        self.tz = _zone(tz)
+        self.tz = zone_of(tz)
         self._seconds = len(fields) == 6
         try:
             expanded, _ = croniter.expand(self.expr, second_at_beginning=self._seconds)

@@ -21,6 +21,7 @@ import logging
 import math
 import time
 import types
+import weakref
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -92,6 +93,25 @@ class DrainResult:
     pending: int
     waiting: int
     superseded: bool
+
+
+def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
+    try:
+        loop.call_soon_threadsafe(fn)
+    except RuntimeError:  # the loop closed while the thread was still busy
+        pass
+
+
+def _cancelled_from_outside(exc: BaseException, handle: TaskHandle[Any]) -> bool:
+    """Was the pool's own task cancelled by someone other than the handle?
+
+    A task may raise CancelledError itself (say, by awaiting a cancelled
+    future); only a cancellation aimed at the pool's task counts.
+    """
+    if not isinstance(exc, asyncio.CancelledError) or handle._cancel_requested:
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _check_callable(fn: object) -> None:
@@ -183,6 +203,7 @@ class Pool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._backlog = Backlog()
         self._npending = 0  # live entries of the backlog
+        self._dead = 0  # cancelled entries still in the backlog (dropped lazily)
         self._running = 0
         self._unfinished = 0  # added and not yet ended: pending + running + waiting
         self._active: set[TaskHandle[Any]] = set()  # running or waiting (strong refs)
@@ -202,7 +223,8 @@ class Pool:
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._joins: list[_Join] = []
         self._drain_fut: asyncio.Future[DrainResult] | None = None
-        self._listeners: list[Callable[[TaskHandle[Any] | None], None]] = []
+        # as_completed() streams, held weakly so an abandoned stream is not kept alive
+        self._listeners: list[weakref.WeakMethod[Callable[[TaskHandle[Any] | None], None]]] = []
         self._put_waiters: deque[asyncio.Future[None]] = deque()
         self._reserved = 0  # backlog places promised to woken put() callers
         self._executor: ThreadPoolExecutor | None = None
@@ -476,7 +498,9 @@ class Pool:
                 self._zombies += 1
                 loop = self._loop
                 assert loop is not None
-                future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._zombie_returned))
+                future.add_done_callback(
+                    lambda _: _call_soon_threadsafe(loop, self._zombie_returned)
+                )
             raise
         if inspect.isawaitable(result):  # e.g. a lambda that returns a coroutine
             result = await result
@@ -504,7 +528,7 @@ class Pool:
             self._running -= 1
             self._active.discard(handle)
             handle._runner = None
-            external = isinstance(exc, asyncio.CancelledError) and not handle._cancel_requested
+            external = _cancelled_from_outside(exc, handle)
             self._after_failure(handle, exc)
             # Cancelled from outside (the loop shutting down, most likely): start
             # nothing new on it; the next add() or ending task refills the slots.
@@ -604,14 +628,22 @@ class Pool:
         if handle._listeners:
             handle._wake()
         if self._listeners:
-            for listener in self._listeners:
-                listener(handle)
+            self._notify_listeners(handle)
         if self._joins:
             self._update_joins(handle)
         if self._put_waiters:
             self._wake_putters()
         if not self._unfinished:
             self._became_idle()
+
+    def _notify_listeners(self, handle: TaskHandle[Any] | None) -> None:
+        alive = []
+        for ref in self._listeners:
+            listener = ref()
+            if listener is not None:
+                listener(handle)
+                alive.append(ref)
+        self._listeners = alive
 
     def _update_joins(self, handle: TaskHandle[Any]) -> None:
         for join in self._joins:
@@ -629,9 +661,9 @@ class Pool:
         if drain is not None and not drain.done():
             drain.set_result(self._snapshot(superseded=False))
         self._drain_fut = None
-        listeners, self._listeners = self._listeners, []
-        for listener in listeners:
-            listener(None)  # streams over the whole pool end when it is idle
+        if self._listeners:
+            self._notify_listeners(None)  # streams over the whole pool end when it is idle
+            self._listeners = []
 
     # ── the gate: pause, RetryAfter, rate limit ────────────────────────────
     def _fill(self) -> None:
@@ -700,6 +732,10 @@ class Pool:
     def _cancel_idle_handle(self, handle: TaskHandle[Any]) -> None:
         if handle._state is PENDING:
             self._npending -= 1
+            self._dead += 1
+            if self._dead > 64 and self._dead > self._npending:
+                self._backlog.compact()
+                self._dead = 0
         else:
             assert handle._runner is not None
             handle._runner.cancel()
@@ -716,6 +752,7 @@ class Pool:
                 handle.cancel()
                 count += 1
         self._backlog.clear()
+        self._dead = 0
         for handle in list(self._active):
             count += handle.cancel()
         return count
@@ -805,7 +842,14 @@ class Pool:
 
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if exc is None:
-            await self.done()
+            try:
+                await self.done()
+            except asyncio.CancelledError:
+                # Cancelled while waiting (a timeout around the block, say):
+                # like asyncio.TaskGroup, take the pool's tasks down with us.
+                self.cancel_all()
+                await self._wait_idle()
+                raise
             return
         # The block failed: like asyncio.TaskGroup, cancel what is left, wait, re-raise.
         self.close()

@@ -24,11 +24,12 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
+from math import inf
 from typing import Any
 
 from hydrapool._callables import call_maybe_async
 from hydrapool.clock import Clock, SystemClock
-from hydrapool.cron import Cron
+from hydrapool.cron import Cron, zone_of
 from hydrapool.exceptions import HydrapoolError
 from hydrapool.retry import Retry
 
@@ -49,6 +50,11 @@ class Reschedule(HydrapoolError):
 
     def __init__(self, *, every: float | timedelta | None = None, cron: str | None = None) -> None:
         _one_schedule(every, cron)
+        if every is not None:
+            _seconds(every)
+        else:
+            assert cron is not None
+            Cron(cron)  # validate now, where the job raised or returned it
         self.every = every
         self.cron = cron
         super().__init__(f"reschedule to {'every ' + str(every) if every is not None else cron}")
@@ -162,6 +168,7 @@ class Scheduler:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._napping: set[asyncio.Task[Any]] = set()  # runs waiting out jitter or back-off
+        self._runs: set[asyncio.Task[None]] = set()  # every run in progress, removed jobs too
 
     # ── the job table ──────────────────────────────────────────────────────
     def add(
@@ -186,10 +193,16 @@ class Scheduler:
         if not callable(fn):
             raise TypeError(f"job {name!r}: fn must be callable, got {fn!r}")
         _one_schedule(every, cron)
-        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not jitter >= 0:
+        if (
+            isinstance(jitter, bool)
+            or not isinstance(jitter, (int, float))
+            or not 0 <= jitter < inf
+        ):
             raise ValueError(
                 f"job {name!r}: jitter must be a number of seconds >= 0, got {jitter!r}"
             )
+        if tz is not None:
+            zone_of(tz)  # a bad zone is refused now, even for an every= job
         call = functools.partial(fn, *args, **(kwargs or {})) if args or kwargs else fn
         job = _Job(name, call, None, None, retry or self._retry, overlap, float(jitter), tz)
         self._set_schedule(job, every, cron)
@@ -229,6 +242,7 @@ class Scheduler:
         _one_schedule(every, cron)
         job = self._job(name)
         if tz is not None:
+            zone_of(tz)  # refuse a bad zone before changing anything
             job.tz = tz
         self._set_schedule(job, every, cron)
         self._changed.set()
@@ -280,17 +294,20 @@ class Scheduler:
 
     async def stop(self) -> None:
         """Stop firing; wait for runs in progress to finish."""
-        self._stopping = True
-        self._changed.set()
-        for task in self._napping:
-            task.cancel()  # not started yet (jitter) or between tries: nothing to finish
+        self._request_stop()
         if self._loop_task is not None:
             await self._loop_task
         await self._wait_jobs()
 
+    def _request_stop(self) -> None:
+        self._stopping = True
+        self._changed.set()
+        for task in self._napping:
+            task.cancel()  # not started yet (jitter) or between tries: nothing to finish
+
     async def _wait_jobs(self) -> None:
         current = asyncio.current_task()
-        pending = [t for j in self._jobs.values() for t in j.active if t is not current]
+        pending = [t for t in self._runs if t is not current]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
@@ -334,6 +351,8 @@ class Scheduler:
         task = asyncio.get_running_loop().create_task(self._run_job(job))
         job.active.add(task)
         task.add_done_callback(job.active.discard)
+        self._runs.add(task)
+        task.add_done_callback(self._runs.discard)
 
     async def _run_job(self, job: _Job) -> None:
         if job.jitter and not await self._nap(random.uniform(0, job.jitter)):
@@ -350,6 +369,7 @@ class Scheduler:
                     job.retries += 1
                     if await self._nap(job.retry.delay(attempt)):
                         continue
+                    return  # the scheduler stopped during the back-off: not a failure
                 await self._failed(job, exc)
                 return
             job.runs += 1
@@ -392,7 +412,7 @@ class Scheduler:
             if self._jobs.get(job.name) is job:
                 del self._jobs[job.name]
         elif isinstance(outcome, StopScheduler):
-            self._stopping = True
+            self._request_stop()
         else:
             return
         self._changed.set()

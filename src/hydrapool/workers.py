@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Hashable
@@ -113,8 +114,10 @@ class Decision:
     @classmethod
     def backoff(cls, seconds: float) -> Decision:
         """Try again after ``seconds`` (the worker takes other messages meanwhile)."""
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-            raise ValueError(f"Decision.backoff seconds must be a number >= 0, got {seconds!r}")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise TypeError(f"Decision.backoff seconds must be a number, got {seconds!r}")
+        if not 0 <= seconds < math.inf:
+            raise ValueError(f"Decision.backoff seconds must be finite and >= 0, got {seconds!r}")
         return cls("backoff", float(seconds))
 
     @classmethod
@@ -143,6 +146,11 @@ class _Envelope:
     attempt: int = 1
 
 
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class _Crash(Exception):
     """A worker's own code failed outside handle(): restart it."""
 
@@ -162,6 +170,7 @@ class _Worker:
         self.state: Any = None
         self.task: asyncio.Task[None] | None = None
         self.alive = False
+        self.busy = False  # between taking a message and task_done()
         self.handle: Callable[[Any, Any], Any] = _no_handle
         self.handle_is_async = False
 
@@ -184,9 +193,22 @@ class _Worker:
 
     async def run(self) -> None:
         """Handle messages until StopWorker or cancellation (by close())."""
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            raise  # close() cancels an idle worker and calls finish() itself
+        except BaseException:
+            # KeyboardInterrupt and the like: the worker is gone; its mail is not.
+            self.alive = False
+            self.group._refresh_live()
+            self.group._worker_ended(self)
+            raise
+
+    async def _loop(self) -> None:
         stop = False
         while not stop:
             envelope = await self.mailbox.get()
+            self.busy = True
             try:
                 if envelope.reply is None or not envelope.reply.done():
                     stop = await self.group._deliver(self, envelope)
@@ -195,6 +217,7 @@ class _Worker:
                 if not self.alive:  # the restart failed: this worker is gone
                     return
             finally:
+                self.busy = False
                 self.mailbox.task_done()
         await self.finish()
 
@@ -272,6 +295,8 @@ class WorkerGroup:
         self._closing: asyncio.Task[None] | None = None
         self._later: set[asyncio.TimerHandle] = set()  # messages waiting out a back-off
         self._later_done = asyncio.Event()  # set whenever _later becomes empty
+        self._sending = 0  # messages on their way into a mailbox (a put() waiting for room)
+        self._sending_done = asyncio.Event()  # set whenever _sending drops to 0
         self._background: set[asyncio.Future[Any]] = set()
         self._stats = {"handled": 0, "failed": 0, "retried": 0, "restarts": 0}
 
@@ -287,7 +312,18 @@ class WorkerGroup:
             return
         self._started = True
         self._workers = [_Worker(self, i, self._mailbox_size) for i in range(self._size)]
-        await asyncio.gather(*(self._boot(w) for w in self._workers))
+        booted = await asyncio.gather(
+            *(self._boot(w) for w in self._workers), return_exceptions=True
+        )
+        failure = next((b for b in booted if isinstance(b, BaseException)), None)
+        if failure is not None:
+            for worker in self._workers:
+                if worker.alive:
+                    worker.alive = False
+                    await worker.terminate()
+            self._workers, self._started = [], False
+            self._refresh_live()
+            raise failure
         loop = asyncio.get_running_loop()
         for worker in self._workers:
             worker.task = loop.create_task(worker.run())
@@ -314,12 +350,7 @@ class WorkerGroup:
         await asyncio.shield(self._closing)
 
     async def _shut_down(self) -> None:
-        while True:  # queued messages and back-offs may hand work to other workers
-            await asyncio.gather(*(w.mailbox.join() for w in self._workers if w.alive))
-            if not self._later:
-                break
-            self._later_done.clear()
-            await self._later_done.wait()
+        await self._quiesce()
         current = asyncio.current_task()
         for worker in self._workers:
             if worker.task is not None and worker.task is not current and not worker.task.done():
@@ -330,6 +361,21 @@ class WorkerGroup:
         )
         for worker in self._workers:
             await worker.finish()
+
+    async def _quiesce(self) -> None:
+        """Wait until no message is queued, being handled, backing off or on its way."""
+        while True:  # each of these can hand work to another
+            await asyncio.gather(*(w.mailbox.join() for w in self._live))
+            if self._later:
+                self._later_done.clear()
+                await self._later_done.wait()
+            elif self._sending:
+                self._sending_done.clear()
+                await self._sending_done.wait()
+            elif not any(w.mailbox.qsize() or w.busy for w in self._live):
+                # Queue.join() can return although a put in the same loop turn
+                # refilled the mailbox, hence the double check.
+                return
 
     async def __aenter__(self) -> WorkerGroup:
         await self.start()
@@ -368,14 +414,14 @@ class WorkerGroup:
     async def cast(self, msg: Any) -> None:
         """Send ``msg`` without waiting for the answer (waits only while the mailbox is full)."""
         self._check_open()
-        targets = self._alive() if self.mode == "broadcast" else [self._pick(msg)]
+        targets = list(self._alive()) if self.mode == "broadcast" else [self._pick(msg)]
         for worker in targets:
-            await worker.mailbox.put(_Envelope(msg, None))
+            await self._send(worker, _Envelope(msg, None))
 
     async def cast_to(self, index: int, msg: Any) -> None:
         """Send ``msg`` to worker number ``index`` (0-based)."""
         self._check_open()
-        await self._worker_at(index).mailbox.put(_Envelope(msg, None))
+        await self._send(self._worker_at(index), _Envelope(msg, None))
 
     async def call(self, msg: Any, timeout: float | None = None) -> Any:
         """Send ``msg`` and return the reply; the handler's final error is raised here.
@@ -397,7 +443,7 @@ class WorkerGroup:
 
     async def _ask(self, worker: _Worker, msg: Any) -> Any:
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await worker.mailbox.put(_Envelope(msg, reply))
+        await self._send(worker, _Envelope(msg, reply))
         return await reply
 
     def _worker_at(self, index: int) -> _Worker:
@@ -408,12 +454,26 @@ class WorkerGroup:
             raise Closed(f"worker {index} has stopped")
         return worker
 
+    async def _send(self, worker: _Worker, envelope: _Envelope, *, counted: bool = False) -> None:
+        """Put into a mailbox, waiting for room; counted so close() waits for it."""
+        if not counted:
+            self._sending += 1
+        try:
+            await worker.mailbox.put(envelope)
+        finally:
+            self._sending -= 1
+            if not self._sending:
+                self._sending_done.set()
+        if not worker.alive:  # it stopped while we waited for room: pass the mail on
+            self._worker_ended(worker)
+
     def _post(self, worker: _Worker, envelope: _Envelope) -> None:
         """Queue without waiting (internal re-deliveries must never block a worker)."""
         if not worker.mailbox.full():
             worker.mailbox.put_nowait(envelope)
             return
-        task = asyncio.ensure_future(worker.mailbox.put(envelope))
+        self._sending += 1  # now, not when the task starts: close() must see it
+        task = asyncio.ensure_future(self._send(worker, envelope, counted=True))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -425,7 +485,9 @@ class WorkerGroup:
                 outcome = await worker.call_handle(envelope.msg)
             except (StopWorker, StopGroup) as signal:
                 outcome = signal
-            except Exception as exc:
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
+                    raise  # close() or loop shutdown, not the handler's own doing
                 again = await self._after_error(worker, envelope, exc)
                 if again is None:
                     return False
@@ -455,7 +517,7 @@ class WorkerGroup:
         return stop
 
     async def _after_error(
-        self, worker: _Worker, envelope: _Envelope, exc: Exception
+        self, worker: _Worker, envelope: _Envelope, exc: BaseException
     ) -> _Envelope | None:
         """Apply the error decision; returns the envelope to retry at once, if any."""
         decision = await self._decide(worker, envelope, exc)
@@ -471,17 +533,21 @@ class WorkerGroup:
             return None
         return again
 
-    def _give_up(self, worker: _Worker, envelope: _Envelope, exc: Exception) -> None:
+    def _give_up(self, worker: _Worker, envelope: _Envelope, exc: BaseException) -> None:
         self._stats["failed"] += 1
         if envelope.reply is not None:
-            if not envelope.reply.done():
+            if envelope.reply.done():
+                return
+            if isinstance(exc, asyncio.CancelledError):
+                envelope.reply.cancel()  # the handler cancelled itself: so does the call
+            else:
                 envelope.reply.set_exception(exc)
             return
         logger.error(
             "worker %d: message %r failed for good", worker.index, envelope.msg, exc_info=exc
         )
 
-    async def _decide(self, worker: _Worker, envelope: _Envelope, exc: Exception) -> Decision:
+    async def _decide(self, worker: _Worker, envelope: _Envelope, exc: BaseException) -> Decision:
         on_error = getattr(worker.obj, "on_error", None)
         if on_error is None:
             return self._default_decision(envelope.attempt, exc)
@@ -494,7 +560,7 @@ class WorkerGroup:
             self._give_up(worker, envelope, exc)
             raise _Crash() from crash
 
-    def _as_decision(self, decision: object, attempt: int, exc: Exception) -> Decision:
+    def _as_decision(self, decision: object, attempt: int, exc: BaseException) -> Decision:
         if decision is None:
             return self._default_decision(attempt, exc)
         if decision == "retry" or decision == "halt":
@@ -505,7 +571,7 @@ class WorkerGroup:
             )
         return decision
 
-    def _default_decision(self, attempt: int, exc: Exception) -> Decision:
+    def _default_decision(self, attempt: int, exc: BaseException) -> Decision:
         if not self._retry.should_retry(exc, attempt):
             return Decision.halt()
         delay = self._retry.delay(attempt)
@@ -541,12 +607,14 @@ class WorkerGroup:
 
     def _worker_ended(self, worker: _Worker) -> None:
         """Hand a stopped worker's queued messages to the others (or fail them if none is left)."""
-        alive = [w for w in self._workers if w.alive]
+        alive = self._live
         while not worker.mailbox.empty():
             envelope = worker.mailbox.get_nowait()
             worker.mailbox.task_done()
             if alive:
-                self._post(alive[envelope.attempt % len(alive)], envelope)
+                # Same routing as a new message: one key keeps going to one worker.
+                target = alive[0] if self.mode == "broadcast" else self._pick(envelope.msg)
+                self._post(target, envelope)
             elif envelope.reply is not None and not envelope.reply.done():
                 envelope.reply.set_exception(Closed("every worker of the group has stopped"))
             else:
