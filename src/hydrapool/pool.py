@@ -171,6 +171,12 @@ class Pool:
     The pool binds to the event loop that first uses it; it may be created
     outside any loop (a module-level singleton), and moves to another loop
     only while idle.
+
+    A blocking callable that timed out or was cancelled cannot be stopped:
+    its slot is freed at once, while its thread runs on until the call
+    returns (the pool adds a thread so such calls never starve new ones).
+    ``pool.errors`` keeps every failure until you clear it (``errors`` is a
+    copy; use ``pool.clear_errors()``).
     """
 
     def __init__(
@@ -258,6 +264,11 @@ class Pool:
     def errors(self) -> list[BaseException]:
         """Every task failure so far, oldest first (a copy)."""
         return list(self._errors)
+
+    def clear_errors(self) -> list[BaseException]:
+        """Forget the recorded failures (a long-lived pool's memory); returns them."""
+        errors, self._errors = self._errors, []
+        return errors
 
     def statistics(self) -> PoolStatistics:
         """A frozen snapshot of the counters."""

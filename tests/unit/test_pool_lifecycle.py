@@ -246,3 +246,15 @@ async def test_waiting_is_event_driven_with_no_timers_left_behind() -> None:
             pool.add(asyncio.sleep, 0)
         await pool.drain()
     assert not [t for t in loop._scheduled if not t.cancelled()]  # type: ignore[attr-defined]
+
+
+async def test_clear_errors_returns_and_forgets_failures() -> None:
+    async def bad(i: int) -> None:
+        raise ValueError(i)
+
+    async with hp.Pool() as pool:
+        pool.add(bad, 1)
+        pool.add(bad, 2)
+    assert sorted(e.args[0] for e in pool.clear_errors()) == [1, 2]
+    assert pool.errors == []
+    assert pool.statistics().failed == 2
