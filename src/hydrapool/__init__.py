@@ -7,8 +7,21 @@ from hydrapool._handle import TaskHandle, TaskState
 from hydrapool.batcher import Batcher, BatcherStatistics, FailedBatch
 from hydrapool.clock import Clock, ManualClock, SystemClock
 from hydrapool.cron import Cron
-from hydrapool.exceptions import Closed, HydrapoolError, PoolClosed, PoolFull, RetryAfter
+from hydrapool.exceptions import (
+    Closed,
+    Fail,
+    HydrapoolError,
+    JobFailed,
+    PayloadError,
+    PoolClosed,
+    PoolFull,
+    RetryAfter,
+)
 from hydrapool.pool import DrainResult, Pool, PoolStatistics
+from hydrapool.queue.coordinator import Coordinator, CoordinatorReport
+from hydrapool.queue.job import Job, JobState
+from hydrapool.queue.queue import Channel, Queue, QueueSnapshot, Task, TaskCall
+from hydrapool.queue.worker import Worker, WorkerStatistics
 from hydrapool.ratelimit import RateLimit
 from hydrapool.retry import Backoff, Retry
 from hydrapool.scheduler import (
@@ -34,20 +47,30 @@ __all__ = [
     "Backoff",
     "Batcher",
     "BatcherStatistics",
+    "Channel",
     "Clock",
     "Closed",
+    "Coordinator",
+    "CoordinatorReport",
     "Cron",
     "Decision",
     "DrainResult",
+    "Fail",
     "FailedBatch",
     "GroupStatistics",
     "HydrapoolError",
+    "Job",
+    "JobFailed",
+    "JobState",
     "JobStatistics",
     "ManualClock",
+    "PayloadError",
     "Pool",
     "PoolClosed",
     "PoolFull",
     "PoolStatistics",
+    "Queue",
+    "QueueSnapshot",
     "RateLimit",
     "Reply",
     "Reschedule",
@@ -59,8 +82,12 @@ __all__ = [
     "StopScheduler",
     "StopWorker",
     "SystemClock",
+    "Task",
+    "TaskCall",
     "TaskHandle",
     "TaskState",
     "Unschedule",
+    "Worker",
     "WorkerGroup",
+    "WorkerStatistics",
 ]

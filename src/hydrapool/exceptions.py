@@ -6,7 +6,10 @@ The tree::
     ├── Closed                     new work for a Batcher/WorkerGroup/... that was closed
     │   └── PoolClosed             add()/put() on a pool that no longer takes tasks
     ├── PoolFull                   add() while the backlog holds max_pending tasks
-    └── RetryAfter                 raised BY a task: pause the pool, rerun the task
+    ├── RetryAfter                 raised BY a task: pause the pool, rerun the task
+    ├── PayloadError               a job's arguments or result are not JSON
+    ├── Fail                       raised BY a durable task: fail now (optionally no retry)
+    └── JobFailed                  job.result() of a job that failed, was cancelled or dropped
 
 Bad arguments raise the built-in ``TypeError`` or ``ValueError`` with a message
 that names the value and the rule it broke.
@@ -14,7 +17,16 @@ that names the value and the rule it broke.
 
 from __future__ import annotations
 
-__all__ = ["Closed", "HydrapoolError", "PoolClosed", "PoolFull", "RetryAfter"]
+__all__ = [
+    "Closed",
+    "Fail",
+    "HydrapoolError",
+    "JobFailed",
+    "PayloadError",
+    "PoolClosed",
+    "PoolFull",
+    "RetryAfter",
+]
 
 
 class HydrapoolError(Exception):
@@ -72,3 +84,30 @@ class RetryAfter(HydrapoolError):
 
         seconds = retry_after_seconds(headers, now=now)
         return None if seconds is None else cls(seconds)
+
+
+class PayloadError(HydrapoolError, TypeError):
+    """A value cannot be stored: job arguments and results must be JSON."""
+
+
+class Fail(HydrapoolError):
+    """Raised by a durable task to fail its try on purpose.
+
+    ``Fail("card declined", cancel_retries=True)`` ends the job ``failed`` at
+    once, whatever attempts remain (HydraMQ's setFail); without
+    ``cancel_retries`` it counts as an ordinary failed try.
+    """
+
+    def __init__(self, message: str = "the task failed", *, cancel_retries: bool = False) -> None:
+        self.cancel_retries = cancel_retries
+        super().__init__(message)
+
+
+class JobFailed(HydrapoolError):
+    """The job ended without a result: ``state`` says how, ``error`` why."""
+
+    def __init__(self, job_id: str, state: str, error: str | None) -> None:
+        self.job_id = job_id
+        self.state = state
+        self.error = error
+        super().__init__(f"job {job_id} ended {state}" + (f": {error}" if error else ""))

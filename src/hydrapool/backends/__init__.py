@@ -1,0 +1,36 @@
+"""Storage backends for the durable queue, chosen by URL scheme.
+
+A driver is imported only when its scheme is used, so ``import hydrapool``
+needs none of them installed.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from hydrapool.backends.base import Backend
+
+__all__ = ["Backend", "backend_from_url"]
+
+SCHEMES = ("memory", "sqlite", "postgresql", "postgres", "redis", "rediss")
+
+
+def backend_from_url(url: str) -> Backend:
+    """Make the backend for ``url`` (``memory://``, ``sqlite:///path.db``, ...)."""
+    if not isinstance(url, str):
+        raise TypeError(f"queue URL must be a string, got {url!r}")
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        from hydrapool.backends.memory import MemoryBackend
+
+        return MemoryBackend(url)
+    if scheme == "sqlite":
+        from hydrapool.backends.sqlite import SqliteBackend
+
+        return SqliteBackend(url)
+    if scheme in SCHEMES:
+        raise ValueError(f"the {scheme}:// backend is not available yet (queue URL {url!r})")
+    raise ValueError(
+        f"unknown queue URL scheme {scheme!r} in {url!r}: use memory://, sqlite:///path.db, "
+        "postgresql://... or redis://..."
+    )

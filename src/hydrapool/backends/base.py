@@ -1,0 +1,212 @@
+"""The Backend protocol: the only thing ``hydrapool.queue`` knows about storage.
+
+A backend stores jobs and makes each transition atomic; it holds no policy.
+The core decides *what* happens (is there an attempt left? when is the next
+try?) and passes the decision in; the backend applies it in one atomic step
+and refuses anything whose lease token no longer matches. Limits (channel and
+queue ``max_concurrency``, channel ``max_size``) are enforced inside the
+backend's claim and insert steps, never by counting in Python outside them.
+
+Method names put the noun first; each takes plain values or one params
+dataclass. Times are epoch seconds of the *backend's* clock, so many machines
+agree on leases; durations (delays, leases) are passed as seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = [
+    "Backend",
+    "ChannelPolicy",
+    "Claim",
+    "ClaimParams",
+    "Finish",
+    "Heartbeat",
+    "JobRecord",
+    "NewJob",
+    "PoolSnapshot",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to insert. ``payload`` is JSON text made by the core."""
+
+    id: str
+    task: str
+    channel: str
+    payload: str
+    priority: int = 0
+    max_attempts: int = 1
+    delay: float = 0.0  # seconds from the backend's now
+    run_at: float | None = None  # absolute epoch seconds; wins over delay
+    max_processing: float | None = None  # cap on one run, heartbeats or not
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job as stored. ``state`` is a ``JobState`` value (text)."""
+
+    id: str
+    queue: str
+    task: str
+    channel: str
+    state: str
+    priority: int
+    attempts: int
+    max_attempts: int
+    payload: str
+    created_at: float
+    run_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: str | None = None  # JSON text
+    error: str | None = None
+    lease: str | None = None
+    lease_expires_at: float | None = None
+    worker: str | None = None
+    max_processing: float | None = None
+    cancel_requested: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimParams:
+    """Claim up to ``limit`` due jobs for ``worker`` under a lease of ``lease`` seconds."""
+
+    queue: str
+    worker: str
+    limit: int
+    lease: float
+    channels: tuple[str, ...] | None = None  # None: every channel
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A claimed job and the lease that fences every later report about it."""
+
+    job: JobRecord
+    lease: str
+    lease_expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The core's decision about a running job, applied only if ``lease`` is still its lease.
+
+    ``state``: ``succeeded`` | ``retrying`` (due again after ``delay``) |
+    ``failed`` | ``cancelled`` | ``queued`` (handed back: the attempt is
+    refunded). ``expired`` is True when the coordinator ends a job whose lease
+    ran out (then the lease must have expired); False for a worker's own report
+    (then the lease must still be valid: a late report is refused).
+    """
+
+    job_id: str
+    lease: str
+    state: str
+    result: str | None = None
+    error: str | None = None
+    delay: float = 0.0
+    expired: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """What a heartbeat learnt: leases still held, and jobs someone asked to cancel."""
+
+    kept: frozenset[str]
+    cancel_requested: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPolicy:
+    """Limits of one channel; None means unlimited."""
+
+    max_concurrency: int | None = None
+    max_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSnapshot:
+    """Counts by state, the same per channel, the running jobs, and the limits."""
+
+    counts: Mapping[str, int]
+    channels: Mapping[str, Mapping[str, int]]
+    running: Sequence[JobRecord]
+    max_concurrency: int | None = None
+    policies: Mapping[str, ChannelPolicy] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """Storage for durable queues. ``queue`` arguments namespace everything."""
+
+    url: str
+
+    async def open(self) -> None:
+        """Connect (and create the schema when the backend does so on first use)."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def migrate(self) -> list[str]:
+        """Apply pending schema migrations; returns the names applied."""
+
+    async def now(self) -> float:
+        """The backend's clock, epoch seconds."""
+
+    async def job_insert_many(self, queue: str, jobs: Sequence[NewJob]) -> list[JobRecord]:
+        """Insert atomically (all or none); a job into a full channel is stored ``dropped``."""
+
+    async def job_claim(self, params: ClaimParams) -> list[Claim]:
+        """Claim due jobs: priority first, then round-robin over channels, within limits."""
+
+    async def job_heartbeat_many(
+        self, queue: str, leases: Mapping[str, str], lease: float
+    ) -> Heartbeat:
+        """Extend the given ``{job_id: lease}`` by ``lease`` seconds where still ours."""
+
+    async def job_finish_many(self, queue: str, finishes: Sequence[Finish]) -> list[bool]:
+        """Apply each decision if its lease still matches; True where applied."""
+
+    async def job_cancel(self, queue: str, job_id: str) -> JobRecord | None:
+        """Cancel a job not yet running; flag a running one. None if unknown."""
+
+    async def job_get(self, queue: str, job_id: str) -> JobRecord | None:
+        """One job, or None."""
+
+    async def job_list(
+        self, queue: str, *, state: str | None, channel: str | None, limit: int
+    ) -> list[JobRecord]:
+        """Jobs, newest first, optionally of one state and/or channel."""
+
+    async def job_expired(self, queue: str, limit: int) -> list[JobRecord]:
+        """Running jobs whose lease (or max_processing) ran out."""
+
+    async def job_release_due(self, queue: str) -> int:
+        """Move due ``waiting``/``retrying`` jobs to ``queued``; returns how many."""
+
+    async def job_delete_finished(self, queue: str, older_than: float) -> int:
+        """Delete jobs that ended more than ``older_than`` seconds ago."""
+
+    async def pool_stats(self, queue: str) -> PoolSnapshot:
+        """Counts by state and channel, running jobs, limits."""
+
+    async def channel_policy_set(self, queue: str, channel: str, policy: ChannelPolicy) -> None:
+        """Set a channel's limits."""
+
+    async def channel_policy_clear(self, queue: str, channel: str) -> None:
+        """Remove a channel's limits."""
+
+    async def queue_limits_set(self, queue: str, max_concurrency: int | None) -> None:
+        """Cap how many jobs of the queue run at once (None: no cap)."""
+
+    async def leader_try(self, queue: str, name: str, owner: str, ttl: float) -> bool:
+        """Take or renew the named lease for ``owner``; True if ``owner`` holds it now."""
+
+    async def work_wait(self, queue: str, timeout: float) -> None:
+        """Return when new work may be due, or after ``timeout`` seconds."""
+
+    def work_notify(self, queue: str) -> None:
+        """Wake this process's ``work_wait`` callers (after a local enqueue)."""

@@ -1,0 +1,341 @@
+"""memory:// — a backend in this process's memory, for tests and single-process use.
+
+Every method runs without awaiting in between, so each is atomic on the event
+loop; the semantics are the reference the other backends are tested against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from hydrapool.backends._fair import Candidates, pick
+from hydrapool.backends.base import (
+    ChannelPolicy,
+    Claim,
+    ClaimParams,
+    Finish,
+    Heartbeat,
+    JobRecord,
+    NewJob,
+    PoolSnapshot,
+)
+
+WAITING_STATES = ("waiting", "queued", "retrying")  # not running, not ended
+TERMINAL_STATES = ("succeeded", "failed", "cancelled", "dropped")
+
+
+@dataclass(slots=True)
+class _QueueData:
+    jobs: dict[str, JobRecord]
+    order: dict[str, int]  # job id -> arrival number (FIFO)
+    policies: dict[str, ChannelPolicy]
+    last_served: dict[str, int]
+    counter: int = 0
+    max_concurrency: int | None = None
+
+
+class MemoryBackend:
+    """All queues of this backend live in one process; ``memory://`` URLs share nothing."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._queues: dict[str, _QueueData] = {}
+        self._arrivals = itertools.count()
+        self._leaders: dict[tuple[str, str], tuple[str, float]] = {}
+        self._wakers: dict[str, asyncio.Event] = {}
+
+    def _q(self, queue: str) -> _QueueData:
+        data = self._queues.get(queue)
+        if data is None:
+            data = self._queues[queue] = _QueueData({}, {}, {}, {})
+        return data
+
+    async def open(self) -> None:
+        """Nothing to connect to."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    async def migrate(self) -> list[str]:
+        """No schema."""
+        return []
+
+    async def now(self) -> float:
+        """``time.time()``."""
+        return time.time()
+
+    # ── jobs ───────────────────────────────────────────────────────────────
+    async def job_insert_many(self, queue: str, jobs: Sequence[NewJob]) -> list[JobRecord]:
+        """Insert all; a job into a full channel is stored ``dropped``."""
+        data = self._q(queue)
+        now = time.time()
+        sizes: dict[str, int] = {}
+        records = []
+        for new in jobs:
+            if new.id in data.jobs:
+                raise ValueError(f"job id {new.id!r} already exists in queue {queue!r}")
+            size = sizes.get(new.channel)
+            if size is None:
+                size = sum(
+                    1
+                    for j in data.jobs.values()
+                    if j.channel == new.channel and j.state in WAITING_STATES
+                )
+            policy = data.policies.get(new.channel)
+            full = policy is not None and policy.max_size is not None and size >= policy.max_size
+            run_at = new.run_at if new.run_at is not None else now + new.delay
+            state = "dropped" if full else ("waiting" if run_at > now else "queued")
+            sizes[new.channel] = size if full else size + 1
+            record = JobRecord(
+                id=new.id,
+                queue=queue,
+                task=new.task,
+                channel=new.channel,
+                state=state,
+                priority=new.priority,
+                attempts=0,
+                max_attempts=new.max_attempts,
+                payload=new.payload,
+                created_at=now,
+                run_at=run_at,
+                finished_at=now if full else None,
+                error="channel full" if full else None,
+                max_processing=new.max_processing,
+            )
+            records.append(record)
+        for record in records:
+            data.jobs[record.id] = record
+            data.order[record.id] = next(self._arrivals)
+        return records
+
+    def _candidates(self, data: _QueueData, params: ClaimParams, now: float) -> list[Candidates]:
+        running: dict[str, int] = {}
+        due: dict[str, list[tuple[int, int, str]]] = {}
+        for job in data.jobs.values():
+            if job.state == "running":
+                running[job.channel] = running.get(job.channel, 0) + 1
+            elif (
+                job.state in WAITING_STATES
+                and job.run_at <= now
+                and (params.channels is None or job.channel in params.channels)
+            ):
+                due.setdefault(job.channel, []).append((-job.priority, data.order[job.id], job.id))
+        out = []
+        for channel, jobs in due.items():
+            jobs.sort()
+            policy = data.policies.get(channel)
+            limit = policy.max_concurrency if policy else None
+            capacity = None if limit is None else limit - running.get(channel, 0)
+            out.append(
+                Candidates(
+                    channel,
+                    data.last_served.get(channel, 0),
+                    capacity,
+                    [(-p, job_id) for p, _, job_id in jobs],
+                )
+            )
+        return out
+
+    async def job_claim(self, params: ClaimParams) -> list[Claim]:
+        """Claim due jobs within the channel and queue limits."""
+        data = self._q(params.queue)
+        now = time.time()
+        slots = params.limit
+        if data.max_concurrency is not None:
+            running = sum(1 for j in data.jobs.values() if j.state == "running")
+            slots = min(slots, data.max_concurrency - running)
+        if slots <= 0:
+            return []
+        chosen, served, data.counter = pick(
+            self._candidates(data, params, now), slots, data.counter
+        )
+        data.last_served.update(served)
+        claims = []
+        expires = now + params.lease
+        for _, job_id in chosen:
+            token = uuid.uuid4().hex
+            job = replace(
+                data.jobs[job_id],
+                state="running",
+                attempts=data.jobs[job_id].attempts + 1,
+                started_at=now,
+                lease=token,
+                lease_expires_at=expires,
+                worker=params.worker,
+                cancel_requested=False,
+            )
+            data.jobs[job_id] = job
+            claims.append(Claim(job, token, expires))
+        return claims
+
+    async def job_heartbeat_many(
+        self, queue: str, leases: Mapping[str, str], lease: float
+    ) -> Heartbeat:
+        """Extend the leases that are still ours and unexpired."""
+        data = self._q(queue)
+        now = time.time()
+        kept, cancel = set(), set()
+        for job_id, token in leases.items():
+            job = data.jobs.get(job_id)
+            if job is None or job.state != "running" or job.lease != token:
+                continue
+            if job.lease_expires_at is not None and job.lease_expires_at < now:
+                continue
+            data.jobs[job_id] = replace(job, lease_expires_at=now + lease)
+            kept.add(job_id)
+            if job.cancel_requested:
+                cancel.add(job_id)
+        return Heartbeat(frozenset(kept), frozenset(cancel))
+
+    async def job_finish_many(self, queue: str, finishes: Sequence[Finish]) -> list[bool]:
+        """Apply each decision if its lease still matches (and is valid, or expired for rescue)."""
+        data = self._q(queue)
+        now = time.time()
+        return [self._finish_one(data, f, now) for f in finishes]
+
+    def _finish_one(self, data: _QueueData, finish: Finish, now: float) -> bool:
+        job = data.jobs.get(finish.job_id)
+        if job is None or job.state != "running" or job.lease != finish.lease:
+            return False
+        expired = job.lease_expires_at is not None and job.lease_expires_at < now
+        if expired != finish.expired:
+            return False
+        changes: dict[str, object] = {"state": finish.state, "lease": None, "worker": None}
+        if finish.state in TERMINAL_STATES:
+            changes.update(finished_at=now, result=finish.result, error=finish.error)
+        elif finish.state == "retrying":
+            changes.update(run_at=now + finish.delay, error=finish.error)
+        elif finish.state == "queued":  # handed back: the attempt is refunded
+            changes.update(attempts=job.attempts - 1, run_at=now)
+        data.jobs[job.id] = replace(job, lease_expires_at=None, **changes)  # type: ignore[arg-type]
+        return True
+
+    async def job_cancel(self, queue: str, job_id: str) -> JobRecord | None:
+        """Cancel a waiting job; flag a running one for its worker."""
+        data = self._q(queue)
+        job = data.jobs.get(job_id)
+        if job is None:
+            return None
+        if job.state in WAITING_STATES:
+            job = replace(job, state="cancelled", finished_at=time.time())
+        elif job.state == "running":
+            job = replace(job, cancel_requested=True)
+        data.jobs[job_id] = job
+        return job
+
+    async def job_get(self, queue: str, job_id: str) -> JobRecord | None:
+        """One job, or None."""
+        return self._q(queue).jobs.get(job_id)
+
+    async def job_list(
+        self, queue: str, *, state: str | None, channel: str | None, limit: int
+    ) -> list[JobRecord]:
+        """Newest first."""
+        data = self._q(queue)
+        jobs = [
+            j
+            for j in data.jobs.values()
+            if (state is None or j.state == state) and (channel is None or j.channel == channel)
+        ]
+        jobs.sort(key=lambda j: data.order[j.id], reverse=True)
+        return jobs[:limit]
+
+    async def job_expired(self, queue: str, limit: int) -> list[JobRecord]:
+        """Running jobs past their lease or their max_processing."""
+        now = time.time()
+        out = []
+        for job in self._q(queue).jobs.values():
+            if job.state != "running":
+                continue
+            lease_over = job.lease_expires_at is not None and job.lease_expires_at < now
+            too_long = (
+                job.max_processing is not None
+                and job.started_at is not None
+                and job.started_at + job.max_processing < now
+            )
+            if lease_over or too_long:
+                if too_long and not lease_over:  # expire the lease so the rescue fences it
+                    job = replace(job, lease_expires_at=now - 1e-6)
+                    self._q(queue).jobs[job.id] = job
+                out.append(job)
+            if len(out) >= limit:
+                break
+        return out
+
+    async def job_release_due(self, queue: str) -> int:
+        """waiting/retrying -> queued once due."""
+        data = self._q(queue)
+        now = time.time()
+        moved = 0
+        for job in list(data.jobs.values()):
+            if job.state in ("waiting", "retrying") and job.run_at <= now:
+                data.jobs[job.id] = replace(job, state="queued")
+                moved += 1
+        return moved
+
+    async def job_delete_finished(self, queue: str, older_than: float) -> int:
+        """Delete jobs that ended long enough ago."""
+        data = self._q(queue)
+        cutoff = time.time() - older_than
+        old = [
+            j.id for j in data.jobs.values() if j.finished_at is not None and j.finished_at < cutoff
+        ]
+        for job_id in old:
+            del data.jobs[job_id]
+            del data.order[job_id]
+        return len(old)
+
+    async def pool_stats(self, queue: str) -> PoolSnapshot:
+        """Counts by state and channel, running jobs, limits."""
+        data = self._q(queue)
+        counts: dict[str, int] = {}
+        channels: dict[str, dict[str, int]] = {}
+        running = []
+        for job in data.jobs.values():
+            counts[job.state] = counts.get(job.state, 0) + 1
+            per = channels.setdefault(job.channel, {})
+            per[job.state] = per.get(job.state, 0) + 1
+            if job.state == "running":
+                running.append(job)
+        return PoolSnapshot(counts, channels, running, data.max_concurrency, dict(data.policies))
+
+    async def channel_policy_set(self, queue: str, channel: str, policy: ChannelPolicy) -> None:
+        """Set a channel's limits."""
+        self._q(queue).policies[channel] = policy
+
+    async def channel_policy_clear(self, queue: str, channel: str) -> None:
+        """Remove a channel's limits."""
+        self._q(queue).policies.pop(channel, None)
+
+    async def queue_limits_set(self, queue: str, max_concurrency: int | None) -> None:
+        """Cap the queue."""
+        self._q(queue).max_concurrency = max_concurrency
+
+    async def leader_try(self, queue: str, name: str, owner: str, ttl: float) -> bool:
+        """Take or renew a named lease."""
+        now = time.time()
+        holder = self._leaders.get((queue, name))
+        if holder is None or holder[0] == owner or holder[1] < now:
+            self._leaders[(queue, name)] = (owner, now + ttl)
+            return True
+        return False
+
+    async def work_wait(self, queue: str, timeout: float) -> None:
+        """Wait for a local enqueue (or the timeout)."""
+        event = self._wakers.setdefault(queue, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+        event.clear()
+
+    def work_notify(self, queue: str) -> None:
+        """Wake this process's waiters."""
+        event = self._wakers.get(queue)
+        if event is not None:
+            event.set()

@@ -1,0 +1,528 @@
+"""sqlite:///path.db — the embedded default: one machine, many processes, one file.
+
+WAL mode, every write transaction ``BEGIN IMMEDIATE`` (one writer at a time,
+so a claim sees and takes jobs atomically), ``synchronous=NORMAL`` (durable
+across process crashes; a power cut may lose the last commits). All calls
+run on one thread that owns the connection, so the event loop never blocks
+on the file; claims and finishes go in batches to pay that hop once per batch.
+
+Idle workers in another process notice new work through ``PRAGMA
+data_version``, which changes whenever another connection commits: checking
+it costs no query of the tables, so it can be checked every few milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from hydrapool.backends._fair import Candidates, pick
+from hydrapool.backends._sql import load_queries, migrations
+from hydrapool.backends.base import (
+    ChannelPolicy,
+    Claim,
+    ClaimParams,
+    Finish,
+    Heartbeat,
+    JobRecord,
+    NewJob,
+    PoolSnapshot,
+)
+
+T = TypeVar("T")
+Q = load_queries(__package__ or "hydrapool.backends.sqlite")
+_COLUMNS = [f for f in JobRecord.__dataclass_fields__]
+_TERMINAL = ("succeeded", "failed", "cancelled", "dropped")
+
+
+def path_of(url: str) -> str:
+    """``sqlite:///rel.db`` -> ``rel.db``; ``sqlite:////abs.db`` -> ``/abs.db``; ``:memory:``."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise ValueError(f"not a sqlite URL: {url!r}")
+    path = unquote(parts.path)
+    if parts.netloc not in ("", "localhost"):
+        raise ValueError(
+            f"sqlite URL {url!r} must have no host: sqlite:///relative or ////absolute"
+        )
+    path = path[1:] if path.startswith("/") else path
+    if not path:
+        raise ValueError(f"sqlite URL {url!r} names no file: write sqlite:///hydrapool.db")
+    return path
+
+
+def _new_record(
+    queue: str, new: NewJob, state: str, now: float, run_at: float, full: bool
+) -> JobRecord:
+    return JobRecord(
+        id=new.id,
+        queue=queue,
+        task=new.task,
+        channel=new.channel,
+        state=state,
+        priority=new.priority,
+        attempts=0,
+        max_attempts=new.max_attempts,
+        payload=new.payload,
+        created_at=now,
+        run_at=run_at,
+        finished_at=now if full else None,
+        error="channel full" if full else None,
+        max_processing=new.max_processing,
+    )
+
+
+def _record(row: sqlite3.Row) -> JobRecord:
+    names = row.keys()  # a Row iterates over its values, not its column names
+    values = {k: row[k] for k in names if k in JobRecord.__dataclass_fields__}
+    values["cancel_requested"] = bool(values.get("cancel_requested"))
+    return JobRecord(**values)
+
+
+class SqliteBackend:
+    """The SQLite backend (see the module docstring)."""
+
+    def __init__(self, url: str, *, poll_interval: float = 0.005) -> None:
+        self.url = url
+        self.path = path_of(url)
+        self.poll_interval = poll_interval
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._wakers: dict[str, asyncio.Event] = {}
+        self._opened = False
+
+    # ── the connection thread ──────────────────────────────────────────────
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if not self._opened:
+            await self.open()
+        assert self._executor is not None
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        assert self._conn is not None
+        return fn(self._conn)
+
+    def _connect(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        self._conn = conn
+        self._migrate(conn)
+
+    @staticmethod
+    @contextmanager
+    def _write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _migrate(self, conn: sqlite3.Connection) -> list[str]:
+        applied: list[str] = []
+        with self._write(conn):
+            conn.execute(Q["migrations_create"])
+            done = {row[0] for row in conn.execute(Q["migrations_applied"])}
+            for version, name, sql in migrations(__package__ or "hydrapool.backends.sqlite"):
+                if version in done:
+                    continue
+                for statement in _statements(sql):
+                    conn.execute(statement)
+                conn.execute(
+                    Q["migration_record"], {"version": version, "name": name, "now": time.time()}
+                )
+                applied.append(name)
+        return applied
+
+    async def open(self) -> None:
+        """Open the file (creating it and its schema if needed)."""
+        if self._opened:
+            return
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="hydrapool-sqlite")
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._connect)
+        self._opened = True
+
+    async def close(self) -> None:
+        """Close the connection and its thread."""
+        if not self._opened:
+            return
+        self._opened = False
+        assert self._executor is not None
+        conn = self._conn
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+        self._conn = None
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations (opening applies them too)."""
+        return await self._run(self._migrate)
+
+    async def now(self) -> float:
+        """``time.time()``: one machine, one clock."""
+        return time.time()
+
+    # ── jobs ───────────────────────────────────────────────────────────────
+    async def job_insert_many(self, queue: str, jobs: Sequence[NewJob]) -> list[JobRecord]:
+        """Insert all in one transaction; a job into a full channel is stored ``dropped``."""
+        return await self._run(lambda conn: self._insert(conn, queue, jobs))
+
+    def _insert(
+        self, conn: sqlite3.Connection, queue: str, jobs: Sequence[NewJob]
+    ) -> list[JobRecord]:
+        now = time.time()
+        out = []
+        sizes: dict[str, tuple[int, int | None]] = {}
+        with self._write(conn):
+            for new in jobs:
+                if new.channel not in sizes:
+                    conn.execute(Q["channel_touch"], {"queue": queue, "channel": new.channel})
+                    policy = conn.execute(
+                        Q["channel_policy_get"], {"queue": queue, "channel": new.channel}
+                    ).fetchone()
+                    size = conn.execute(
+                        Q["channel_size"], {"queue": queue, "channel": new.channel}
+                    ).fetchone()[0]
+                    sizes[new.channel] = (size, policy["max_size"] if policy else None)
+                size, max_size = sizes[new.channel]
+                full = max_size is not None and size >= max_size
+                run_at = new.run_at if new.run_at is not None else now + new.delay
+                state = "dropped" if full else ("waiting" if run_at > now else "queued")
+                if not full:
+                    sizes[new.channel] = (size + 1, max_size)
+                params = {
+                    "id": new.id,
+                    "queue": queue,
+                    "task": new.task,
+                    "channel": new.channel,
+                    "state": state,
+                    "priority": new.priority,
+                    "max_attempts": new.max_attempts,
+                    "payload": new.payload,
+                    "now": now,
+                    "run_at": run_at,
+                    "finished_at": now if full else None,
+                    "error": "channel full" if full else None,
+                    "max_processing": new.max_processing,
+                }
+                conn.execute(Q["job_insert"], params)
+                out.append(_new_record(queue, new, state, now, run_at, full))
+        return out
+
+    async def job_claim(self, params: ClaimParams) -> list[Claim]:
+        """Claim due jobs within the channel and queue limits, in one transaction."""
+        return await self._run(lambda conn: self._claim(conn, params))
+
+    def _claim(self, conn: sqlite3.Connection, params: ClaimParams) -> list[Claim]:
+        now = time.time()
+        q = {"queue": params.queue}
+        with self._write(conn):
+            limits = conn.execute(Q["queue_get"], q).fetchone()
+            counter = limits["counter"] if limits else 0
+            slots = params.limit
+            if limits is not None and limits["max_concurrency"] is not None:
+                running = conn.execute(Q["queue_running"], q).fetchone()[0]
+                slots = min(slots, limits["max_concurrency"] - running)
+            if slots <= 0:
+                return []
+            candidates = self._candidates(conn, params, now, slots)
+            chosen, served, counter = pick(candidates, slots, counter)
+            if not chosen:
+                return []
+            claims = []
+            expires = now + params.lease
+            for _, job_id in chosen:
+                token = uuid.uuid4().hex
+                row = conn.execute(
+                    Q["job_claim"],
+                    {
+                        "id": job_id,
+                        "now": now,
+                        "lease": token,
+                        "expires": expires,
+                        "worker": params.worker,
+                    },
+                ).fetchone()
+                if row is not None:
+                    claims.append(Claim(_record(row), token, expires))
+            for channel, mark in served.items():
+                conn.execute(Q["channel_served"], {**q, "channel": channel, "mark": mark})
+            conn.execute(Q["queue_counter_set"], {**q, "counter": counter})
+            return claims
+
+    def _candidates(
+        self, conn: sqlite3.Connection, params: ClaimParams, now: float, slots: int
+    ) -> list[Candidates]:
+        q = {"queue": params.queue}
+        meta = {r["channel"]: r for r in conn.execute(Q["channel_meta"], q)}
+        running = dict(conn.execute(Q["channel_running"], q).fetchall())
+        channels = None if params.channels is None else json.dumps(list(params.channels))
+        by_channel: dict[str, Candidates] = {}
+        rows = conn.execute(
+            Q["claim_candidates"],
+            {**q, "now": now, "channels": channels, "per_channel": slots},
+        )
+        for channel, priority, job_id in rows:
+            entry = by_channel.get(channel)
+            if entry is None:
+                m = meta.get(channel)
+                limit = m["max_concurrency"] if m is not None else None
+                capacity = None if limit is None else limit - running.get(channel, 0)
+                last = m["last_served"] if m is not None else 0
+                entry = by_channel[channel] = Candidates(channel, last, capacity)
+            entry.jobs.append((priority, job_id))
+        return list(by_channel.values())
+
+    async def job_heartbeat_many(
+        self, queue: str, leases: Mapping[str, str], lease: float
+    ) -> Heartbeat:
+        """Extend the leases still ours and unexpired."""
+        return await self._run(lambda conn: self._heartbeat(conn, queue, leases, lease))
+
+    def _heartbeat(
+        self, conn: sqlite3.Connection, queue: str, leases: Mapping[str, str], lease: float
+    ) -> Heartbeat:
+        now = time.time()
+        kept, cancel = set(), set()
+        with self._write(conn):
+            for job_id, token in leases.items():
+                row = conn.execute(
+                    Q["job_heartbeat"],
+                    {
+                        "queue": queue,
+                        "id": job_id,
+                        "lease": token,
+                        "now": now,
+                        "expires": now + lease,
+                    },
+                ).fetchone()
+                if row is not None:
+                    kept.add(row["id"])
+                    if row["cancel_requested"]:
+                        cancel.add(row["id"])
+        return Heartbeat(frozenset(kept), frozenset(cancel))
+
+    async def job_finish_many(self, queue: str, finishes: Sequence[Finish]) -> list[bool]:
+        """Apply each decision where its lease still matches, in one transaction."""
+        return await self._run(lambda conn: self._finish(conn, queue, finishes))
+
+    def _finish(
+        self, conn: sqlite3.Connection, queue: str, finishes: Sequence[Finish]
+    ) -> list[bool]:
+        now = time.time()
+        out = []
+        with self._write(conn):
+            for f in finishes:
+                params = {
+                    "queue": queue,
+                    "id": f.job_id,
+                    "lease": f.lease,
+                    "now": now,
+                    "expired": int(f.expired),
+                    "error": f.error,
+                }
+                if f.state in _TERMINAL:
+                    sql = Q["job_finish_end"]
+                    params.update(state=f.state, result=f.result)
+                elif f.state == "retrying":
+                    sql = Q["job_finish_retry"]
+                    params["delay"] = f.delay
+                elif f.state == "queued":
+                    sql = Q["job_finish_hand_back"]
+                else:
+                    raise ValueError(f"cannot finish a job as {f.state!r}")
+                out.append(conn.execute(sql, params).rowcount == 1)
+        return out
+
+    async def job_cancel(self, queue: str, job_id: str) -> JobRecord | None:
+        """Cancel a job not yet running; flag a running one."""
+
+        def cancel(conn: sqlite3.Connection) -> JobRecord | None:
+            params = {"queue": queue, "id": job_id, "now": time.time()}
+            with self._write(conn):
+                if conn.execute(Q["job_cancel_waiting"], params).rowcount == 0:
+                    conn.execute(Q["job_cancel_running"], params)
+                row = conn.execute(Q["job_get"], params).fetchone()
+            return None if row is None else _record(row)
+
+        return await self._run(cancel)
+
+    async def job_get(self, queue: str, job_id: str) -> JobRecord | None:
+        """One job, or None."""
+
+        def get(conn: sqlite3.Connection) -> JobRecord | None:
+            row = conn.execute(Q["job_get"], {"queue": queue, "id": job_id}).fetchone()
+            return None if row is None else _record(row)
+
+        return await self._run(get)
+
+    async def job_list(
+        self, queue: str, *, state: str | None, channel: str | None, limit: int
+    ) -> list[JobRecord]:
+        """Newest first."""
+        params = {"queue": queue, "state": state, "channel": channel, "limit": limit}
+        return await self._run(
+            lambda conn: [_record(r) for r in conn.execute(Q["job_list"], params)]
+        )
+
+    async def job_expired(self, queue: str, limit: int) -> list[JobRecord]:
+        """Running jobs past their lease or max_processing (the latter get an expired lease)."""
+
+        def expired(conn: sqlite3.Connection) -> list[JobRecord]:
+            now = time.time()
+            with self._write(conn):
+                rows = conn.execute(
+                    Q["job_expired"], {"queue": queue, "now": now, "limit": limit}
+                ).fetchall()
+                for row in rows:
+                    conn.execute(
+                        Q["job_expire_lease"], {"queue": queue, "id": row["id"], "now": now}
+                    )
+                rows = [
+                    conn.execute(Q["job_get"], {"queue": queue, "id": r["id"]}).fetchone()
+                    for r in rows
+                ]
+            return [_record(r) for r in rows if r is not None]
+
+        return await self._run(expired)
+
+    async def job_release_due(self, queue: str) -> int:
+        """waiting/retrying -> queued once due."""
+
+        def release(conn: sqlite3.Connection) -> int:
+            with self._write(conn):
+                return conn.execute(
+                    Q["job_release_due"], {"queue": queue, "now": time.time()}
+                ).rowcount
+
+        return await self._run(release)
+
+    async def job_delete_finished(self, queue: str, older_than: float) -> int:
+        """Delete jobs that ended long enough ago."""
+
+        def delete(conn: sqlite3.Connection) -> int:
+            with self._write(conn):
+                return conn.execute(
+                    Q["job_delete_finished"], {"queue": queue, "cutoff": time.time() - older_than}
+                ).rowcount
+
+        return await self._run(delete)
+
+    async def pool_stats(self, queue: str) -> PoolSnapshot:
+        """Counts by state and channel, running jobs, limits."""
+
+        def stats(conn: sqlite3.Connection) -> PoolSnapshot:
+            q = {"queue": queue}
+            counts: dict[str, int] = {}
+            channels: dict[str, dict[str, int]] = {}
+            for channel, state, n in conn.execute(Q["stats_counts"], q):
+                counts[state] = counts.get(state, 0) + n
+                channels.setdefault(channel, {})[state] = n
+            running = [_record(r) for r in conn.execute(Q["stats_running"], q)]
+            limits = conn.execute(Q["queue_get"], q).fetchone()
+            policies = {
+                r["channel"]: ChannelPolicy(r["max_concurrency"], r["max_size"])
+                for r in conn.execute(Q["stats_policies"], q)
+            }
+            cap = limits["max_concurrency"] if limits else None
+            return PoolSnapshot(counts, channels, running, cap, policies)
+
+        return await self._run(stats)
+
+    async def channel_policy_set(self, queue: str, channel: str, policy: ChannelPolicy) -> None:
+        """Set a channel's limits."""
+        params = {
+            "queue": queue,
+            "channel": channel,
+            "max_concurrency": policy.max_concurrency,
+            "max_size": policy.max_size,
+        }
+        await self._write_one(Q["channel_policy_set"], params)
+
+    async def channel_policy_clear(self, queue: str, channel: str) -> None:
+        """Remove a channel's limits."""
+        await self._write_one(Q["channel_policy_clear"], {"queue": queue, "channel": channel})
+
+    async def queue_limits_set(self, queue: str, max_concurrency: int | None) -> None:
+        """Cap the queue."""
+        await self._write_one(
+            Q["queue_limits_set"], {"queue": queue, "max_concurrency": max_concurrency}
+        )
+
+    async def _write_one(self, sql: str, params: dict[str, Any]) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            with self._write(conn):
+                conn.execute(sql, params)
+
+        await self._run(write)
+
+    async def leader_try(self, queue: str, name: str, owner: str, ttl: float) -> bool:
+        """Take or renew a named lease."""
+
+        def take(conn: sqlite3.Connection) -> bool:
+            params = {"queue": queue, "name": name, "owner": owner, "now": time.time(), "ttl": ttl}
+            with self._write(conn):
+                return conn.execute(Q["leader_try"], params).fetchone() is not None
+
+        return await self._run(take)
+
+    # ── wake-ups ───────────────────────────────────────────────────────────
+    async def work_wait(self, queue: str, timeout: float) -> None:
+        """Return on a local enqueue, a commit by another process, or the timeout."""
+        event = self._wakers.setdefault(queue, asyncio.Event())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        seen = await self._run(_data_version)
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(event.wait(), min(remaining, self.poll_interval))
+                event.clear()
+                return
+            except TimeoutError:
+                pass
+            if await self._run(_data_version) != seen:
+                return
+
+    def work_notify(self, queue: str) -> None:
+        """Wake this process's waiters at once."""
+        event = self._wakers.get(queue)
+        if event is not None:
+            event.set()
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute(Q["data_version"]).fetchone()[0])
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration file into statements (semicolons in comments and strings are fine)."""
+    statements, buffer = [], ""
+    for line in sql.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip() and not all(
+        not x.strip() or x.strip().startswith("--") for x in buffer.splitlines()
+    ):
+        raise ValueError(f"migration ends with an incomplete statement: {buffer.strip()[:80]!r}")
+    return statements

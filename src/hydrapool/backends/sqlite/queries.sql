@@ -1,0 +1,169 @@
+-- Every statement the SQLite backend runs, by name. Parameters are named.
+
+-- name: migrations_create
+CREATE TABLE IF NOT EXISTS hydrapool_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at REAL NOT NULL
+);
+
+-- name: migrations_applied
+SELECT version FROM hydrapool_migrations ORDER BY version;
+
+-- name: migration_record
+INSERT INTO hydrapool_migrations (version, name, applied_at) VALUES (:version, :name, :now);
+
+-- name: job_insert
+INSERT INTO hydrapool_jobs
+    (id, queue, task, channel, state, priority, max_attempts, payload,
+     created_at, run_at, finished_at, error, max_processing)
+VALUES
+    (:id, :queue, :task, :channel, :state, :priority, :max_attempts, :payload,
+     :now, :run_at, :finished_at, :error, :max_processing);
+
+-- name: channel_touch
+INSERT OR IGNORE INTO hydrapool_channels (queue, channel) VALUES (:queue, :channel);
+
+-- name: channel_size
+SELECT COUNT(*) FROM hydrapool_jobs
+WHERE queue = :queue AND channel = :channel AND state IN ('waiting', 'queued', 'retrying');
+
+-- name: channel_policy_get
+SELECT max_concurrency, max_size FROM hydrapool_channels WHERE queue = :queue AND channel = :channel;
+
+-- name: channel_meta
+SELECT channel, max_concurrency, last_served FROM hydrapool_channels WHERE queue = :queue;
+
+-- name: channel_running
+SELECT channel, COUNT(*) FROM hydrapool_jobs
+WHERE queue = :queue AND state = 'running' GROUP BY channel;
+
+-- name: channel_served
+UPDATE hydrapool_channels SET last_served = :mark WHERE queue = :queue AND channel = :channel;
+
+-- name: queue_get
+SELECT max_concurrency, counter FROM hydrapool_queues WHERE queue = :queue;
+
+-- name: queue_counter_set
+INSERT INTO hydrapool_queues (queue, counter) VALUES (:queue, :counter)
+ON CONFLICT (queue) DO UPDATE SET counter = excluded.counter;
+
+-- name: queue_running
+SELECT COUNT(*) FROM hydrapool_jobs WHERE queue = :queue AND state = 'running';
+
+-- name: claim_candidates
+WITH due AS (
+    SELECT id, channel, priority,
+           ROW_NUMBER() OVER (PARTITION BY channel ORDER BY priority DESC, seq) AS rank
+    FROM hydrapool_jobs
+    WHERE queue = :queue
+      AND state IN ('waiting', 'queued', 'retrying')
+      AND run_at <= :now
+      AND (:channels IS NULL OR channel IN (SELECT value FROM json_each(:channels)))
+)
+SELECT channel, priority, id FROM due WHERE rank <= :per_channel ORDER BY channel, rank;
+
+-- name: job_claim
+UPDATE hydrapool_jobs
+SET state = 'running', attempts = attempts + 1, started_at = :now, lease = :lease,
+    lease_expires_at = :expires, worker = :worker, cancel_requested = 0
+WHERE id = :id AND state IN ('waiting', 'queued', 'retrying')
+RETURNING *;
+
+-- name: job_heartbeat
+UPDATE hydrapool_jobs SET lease_expires_at = :expires
+WHERE queue = :queue AND id = :id AND state = 'running' AND lease = :lease
+  AND lease_expires_at >= :now
+RETURNING id, cancel_requested;
+
+-- name: job_finish_end
+UPDATE hydrapool_jobs
+SET state = :state, finished_at = :now, result = :result, error = :error,
+    lease = NULL, lease_expires_at = NULL, worker = NULL
+WHERE queue = :queue AND id = :id AND state = 'running' AND lease = :lease
+  AND (lease_expires_at < :now) = :expired;
+
+-- name: job_finish_retry
+UPDATE hydrapool_jobs
+SET state = 'retrying', run_at = :now + :delay, error = :error,
+    lease = NULL, lease_expires_at = NULL, worker = NULL
+WHERE queue = :queue AND id = :id AND state = 'running' AND lease = :lease
+  AND (lease_expires_at < :now) = :expired;
+
+-- name: job_finish_hand_back
+UPDATE hydrapool_jobs
+SET state = 'queued', run_at = :now, attempts = attempts - 1,
+    lease = NULL, lease_expires_at = NULL, worker = NULL
+WHERE queue = :queue AND id = :id AND state = 'running' AND lease = :lease
+  AND (lease_expires_at < :now) = :expired;
+
+-- name: job_cancel_waiting
+UPDATE hydrapool_jobs SET state = 'cancelled', finished_at = :now
+WHERE queue = :queue AND id = :id AND state IN ('waiting', 'queued', 'retrying');
+
+-- name: job_cancel_running
+UPDATE hydrapool_jobs SET cancel_requested = 1
+WHERE queue = :queue AND id = :id AND state = 'running';
+
+-- name: job_get
+SELECT * FROM hydrapool_jobs WHERE queue = :queue AND id = :id;
+
+-- name: job_list
+SELECT * FROM hydrapool_jobs
+WHERE queue = :queue
+  AND (:state IS NULL OR state = :state)
+  AND (:channel IS NULL OR channel = :channel)
+ORDER BY seq DESC LIMIT :limit;
+
+-- name: job_expired
+SELECT * FROM hydrapool_jobs
+WHERE queue = :queue AND state = 'running'
+  AND (lease_expires_at < :now
+       OR (max_processing IS NOT NULL AND started_at + max_processing < :now))
+LIMIT :limit;
+
+-- name: job_expire_lease
+UPDATE hydrapool_jobs SET lease_expires_at = :now - 0.000001
+WHERE queue = :queue AND id = :id AND state = 'running' AND lease_expires_at >= :now;
+
+-- name: job_release_due
+UPDATE hydrapool_jobs SET state = 'queued'
+WHERE queue = :queue AND state IN ('waiting', 'retrying') AND run_at <= :now;
+
+-- name: job_delete_finished
+DELETE FROM hydrapool_jobs WHERE queue = :queue AND finished_at < :cutoff;
+
+-- name: stats_counts
+SELECT channel, state, COUNT(*) FROM hydrapool_jobs WHERE queue = :queue GROUP BY channel, state;
+
+-- name: stats_running
+SELECT * FROM hydrapool_jobs WHERE queue = :queue AND state = 'running' ORDER BY started_at;
+
+-- name: stats_policies
+SELECT channel, max_concurrency, max_size FROM hydrapool_channels
+WHERE queue = :queue AND (max_concurrency IS NOT NULL OR max_size IS NOT NULL);
+
+-- name: channel_policy_set
+INSERT INTO hydrapool_channels (queue, channel, max_concurrency, max_size)
+VALUES (:queue, :channel, :max_concurrency, :max_size)
+ON CONFLICT (queue, channel) DO UPDATE
+SET max_concurrency = excluded.max_concurrency, max_size = excluded.max_size;
+
+-- name: channel_policy_clear
+UPDATE hydrapool_channels SET max_concurrency = NULL, max_size = NULL
+WHERE queue = :queue AND channel = :channel;
+
+-- name: queue_limits_set
+INSERT INTO hydrapool_queues (queue, max_concurrency) VALUES (:queue, :max_concurrency)
+ON CONFLICT (queue) DO UPDATE SET max_concurrency = excluded.max_concurrency;
+
+-- name: leader_try
+INSERT INTO hydrapool_leaders (queue, name, owner, expires_at)
+VALUES (:queue, :name, :owner, :now + :ttl)
+ON CONFLICT (queue, name) DO UPDATE
+SET owner = excluded.owner, expires_at = excluded.expires_at
+WHERE hydrapool_leaders.owner = excluded.owner OR hydrapool_leaders.expires_at < :now
+RETURNING owner;
+
+-- name: data_version
+PRAGMA data_version;

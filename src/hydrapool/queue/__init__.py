@@ -1,0 +1,1 @@
+"""The durable queue: jobs, tasks, workers and the coordinator over a Backend."""

@@ -1,0 +1,510 @@
+"""Queue, tasks and channels: what an application uses to enqueue durable jobs.
+
+    queue = hp.Queue("sqlite:///hydrapool.db")
+
+    @queue.task(retry=hp.Retry(attempts=5, backoff=hp.Backoff.exponential(5)))
+    async def send_email(to: str, body: str) -> dict: ...
+
+    job = await send_email.enqueue("a@b.c", "hi")
+    job = await send_email.options(channel="tenant-42", delay=30).enqueue("a@b.c", "hi")
+    print(await job.result(timeout=30))
+
+The queue decides policy (payload encoding, retry timing, names); the
+backend stores and transitions atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from hydrapool.backends import backend_from_url
+from hydrapool.backends.base import Backend, ChannelPolicy, JobRecord, NewJob
+from hydrapool.exceptions import JobFailed, PayloadError
+from hydrapool.queue.job import TERMINAL, Job, JobState
+from hydrapool.retry import Backoff, Retry
+
+if TYPE_CHECKING:
+    from hydrapool.queue.worker import Worker
+
+__all__ = ["Channel", "Queue", "QueueSnapshot", "Task", "TaskCall"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
+DEFAULT_CHANNEL = "default"
+
+
+def check_name(kind: str, name: object) -> str:
+    """Queue, task and channel names: 1-200 of letters, digits and ``_ . : -``."""
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ValueError(
+            f"{kind} name {name!r} is invalid: use 1-200 characters of letters, digits "
+            "and _ . : - (not starting with . : or -)"
+        )
+    return name
+
+
+def _number(name: str, value: object, *, minimum: float = 0.0, allow_none: bool = True) -> Any:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
+    return value
+
+
+def _count(name: str, value: object, *, minimum: int = 1) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def encode_payload(
+    task: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], meta: Mapping[str, Any]
+) -> str:
+    """JSON text of a job's arguments; ``hp.PayloadError`` naming the bad argument."""
+    try:
+        return json.dumps({"args": list(args), "kwargs": dict(kwargs), **meta}, allow_nan=False)
+    except (TypeError, ValueError):
+        pass
+    for index, value in enumerate(args):
+        _check_json(f"task {task!r}: argument {index}", value)
+    for key, value in kwargs.items():
+        _check_json(f"task {task!r}: keyword argument {key!r}", value)
+    raise PayloadError(f"task {task!r}: the arguments cannot be encoded as JSON")
+
+
+def _check_json(where: str, value: Any) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PayloadError(f"{where} is not JSON ({type(value).__name__}: {exc})") from None
+
+
+def retry_to_json(retry: Retry | None) -> dict[str, Any] | None:
+    """A Retry as stored in a job's payload (retry_on is not stored: see Task)."""
+    if retry is None:
+        return None
+    backoff = retry.backoff
+    assert isinstance(backoff, Backoff)
+    return {
+        "attempts": retry.attempts,
+        "kind": backoff.kind,
+        "base": backoff.base,
+        "factor": backoff.factor,
+        "cap": backoff.cap,
+        "jitter": retry.jitter,
+    }
+
+
+def retry_from_json(data: Mapping[str, Any] | None) -> Retry | None:
+    """The inverse of ``retry_to_json``."""
+    if not data:
+        return None
+    backoff = Backoff(data["kind"], data["base"], data["factor"], data["cap"])
+    return Retry(attempts=data["attempts"], backoff=backoff, jitter=data["jitter"])
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSnapshot:
+    """``queue.show_pool()``: counts by state, per channel, the running jobs and the limits."""
+
+    counts: Mapping[str, int]
+    channels: Mapping[str, Mapping[str, int]]
+    running: list[Job]
+    max_concurrency: int | None
+    policies: Mapping[str, ChannelPolicy]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCall(Generic[P, R]):
+    """A task with enqueue options bound: ``task.options(...)``."""
+
+    task: Task[P, R]
+    channel: str
+    priority: int
+    delay: float
+    run_at: float | None
+    retry: Retry | None
+    timeout: float | None
+    max_processing: float | None
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """Store one job of this task with these options."""
+        jobs = await self.task.queue._insert([self._new_job(args, kwargs)])
+        return jobs[0]
+
+    def _new_job(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> NewJob:
+        meta = {"retry": retry_to_json(self.retry), "timeout": self.timeout}
+        payload = encode_payload(self.task.name, args, kwargs, meta)
+        attempts = self.retry.attempts if self.retry is not None else 1
+        return NewJob(
+            id=uuid.uuid4().hex,
+            task=self.task.name,
+            channel=self.channel,
+            payload=payload,
+            priority=self.priority,
+            max_attempts=attempts,
+            delay=self.delay,
+            run_at=self.run_at,
+            max_processing=self.max_processing,
+        )
+
+
+@dataclass(eq=False)
+class Task(Generic[P, R]):
+    """A function registered on a queue: ``await task.enqueue(...)`` stores a job for it.
+
+    Calling the task calls the function directly (tests, scripts).
+    """
+
+    queue: Queue
+    name: str
+    fn: Callable[P, Any]
+    retry: Retry | None = None
+    timeout: float | None = None
+    channel: str = DEFAULT_CHANNEL
+    priority: int = 0
+    max_processing: float | None = None
+    retry_on: tuple[type[BaseException], ...] = field(default=(Exception,))
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def options(
+        self,
+        *,
+        channel: str | None = None,
+        priority: int | None = None,
+        delay: float | None = None,
+        run_at: datetime | float | None = None,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        max_processing: float | None = None,
+    ) -> TaskCall[P, R]:
+        """Bind enqueue options; ``.enqueue(...)`` on the result stores the job."""
+        if delay is not None and run_at is not None:
+            raise ValueError("give delay= or run_at=, not both")
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+            raise TypeError(f"priority must be an int, got {priority!r}")
+        if retry is not None and not isinstance(retry, Retry):
+            raise TypeError(f"retry must be an hp.Retry, got {retry!r}")
+        when = run_at.timestamp() if isinstance(run_at, datetime) else run_at
+        return TaskCall(
+            task=self,
+            channel=check_name("channel", channel) if channel is not None else self.channel,
+            priority=self.priority if priority is None else priority,
+            delay=_number("delay", delay) or 0.0,
+            run_at=_number("run_at", when),
+            retry=retry if retry is not None else self.retry,
+            timeout=_number("timeout", timeout) if timeout is not None else self.timeout,
+            max_processing=(
+                _number("max_processing", max_processing)
+                if max_processing is not None
+                else self.max_processing
+            ),
+        )
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """Store one job of this task with the task's default options."""
+        return await self.options().enqueue(*args, **kwargs)
+
+
+class Channel:
+    """A named sub-queue: ``queue.channel("tenant-42")``, served round-robin with the others."""
+
+    def __init__(self, queue: Queue, name: str) -> None:
+        self.queue = queue
+        self.name = check_name("channel", name)
+
+    async def set_policy(
+        self, *, max_concurrency: int | None = None, max_size: int | None = None
+    ) -> None:
+        """Limit the channel: jobs running at once, and jobs waiting (beyond: ``dropped``)."""
+        policy = ChannelPolicy(
+            _count("max_concurrency", max_concurrency),
+            _count("max_size", max_size, minimum=0),
+        )
+        await (await self.queue._backend_ready()).channel_policy_set(
+            self.queue.name, self.name, policy
+        )
+        self.queue._notify()
+
+    async def clear_policy(self) -> None:
+        """Remove the channel's limits."""
+        await (await self.queue._backend_ready()).channel_policy_clear(self.queue.name, self.name)
+        self.queue._notify()
+
+    async def enqueue(self, task: str | Task[Any, Any], *args: Any, **kwargs: Any) -> Job:
+        """Enqueue ``task`` (a name or a Task) into this channel."""
+        return await self.queue._task_of(task).options(channel=self.name).enqueue(*args, **kwargs)
+
+
+class Queue:
+    """A durable job queue on the backend named by ``url``.
+
+    ``name`` namespaces everything this queue stores, so many queues share one
+    SQLite file, PostgreSQL database or Redis. ``retention`` is how long
+    ended jobs (and their results) are kept, in seconds.
+    """
+
+    def __init__(
+        self,
+        url: str = "sqlite:///hydrapool.db",
+        name: str = "default",
+        *,
+        retention: float = 86400.0,
+        backend: Backend | None = None,
+    ) -> None:
+        self.url = url
+        self.name = check_name("queue", name)
+        self.retention = _number("retention", retention)
+        self.backend: Backend = backend if backend is not None else backend_from_url(url)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._opened = False
+        self._local_workers: set[Worker] = set()
+        self._ended: dict[str, asyncio.Event] = {}
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name!r} on {self.url}>"
+
+    # ── tasks ──────────────────────────────────────────────────────────────
+    def task(
+        self,
+        fn: Callable[P, Any] | None = None,
+        *,
+        name: str | None = None,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        channel: str = DEFAULT_CHANNEL,
+        priority: int = 0,
+        max_processing: float | None = None,
+    ) -> Any:
+        """Register a task (use as ``@queue.task`` or ``@queue.task(...)``)."""
+
+        def register(func: Callable[P, Any]) -> Task[P, Any]:
+            if not callable(func):
+                raise TypeError(f"a task must be callable, got {func!r}")
+            task_name = check_name("task", name or getattr(func, "__name__", ""))
+            if task_name in self.tasks and self.tasks[task_name].fn is not func:
+                raise ValueError(f"a different function is already registered as {task_name!r}")
+            if retry is not None and not isinstance(retry, Retry):
+                raise TypeError(f"retry must be an hp.Retry, got {retry!r}")
+            retry_on = retry.retry_on if retry is not None else (Exception,)
+            task: Task[P, Any] = Task(
+                self,
+                task_name,
+                func,
+                retry,
+                _number("timeout", timeout),
+                check_name("channel", channel),
+                priority,
+                _number("max_processing", max_processing),
+                retry_on,  # type: ignore[arg-type]  # normalised to a tuple by Retry
+            )
+            self.tasks[task_name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    def _task_of(self, task: str | Task[Any, Any]) -> Task[Any, Any]:
+        if isinstance(task, Task):
+            return task
+        check_name("task", task)
+        found = self.tasks.get(task)
+        if found is None:
+            # Enqueueing a task this process does not run is fine (another service may).
+            return Task(self, task, _not_here(task))
+        return found
+
+    def channel(self, name: str) -> Channel:
+        """The channel ``name`` of this queue."""
+        return Channel(self, name)
+
+    # ── enqueueing ─────────────────────────────────────────────────────────
+    async def enqueue(self, task: str | Task[Any, Any], *args: Any, **kwargs: Any) -> Job:
+        """Enqueue ``task`` (a registered name, any name, or a Task) with its defaults."""
+        return await self._task_of(task).enqueue(*args, **kwargs)
+
+    async def enqueue_many(
+        self, calls: Iterable[TaskCall[Any, Any] | tuple[Any, ...]]
+    ) -> list[Job]:
+        """Enqueue many jobs in one transaction: all are stored or none.
+
+        Each item is ``(task, args)``, ``(task, args, kwargs)`` (task: a name
+        or a Task) or ``(task.options(...), args[, kwargs])``.
+        """
+        new_jobs = []
+        for item in calls:
+            if not isinstance(item, tuple) or not 2 <= len(item) <= 3:
+                raise TypeError(
+                    f"enqueue_many items are (task, args) or (task, args, kwargs), got {item!r}"
+                )
+            target, args = item[0], tuple(item[1])
+            kwargs = item[2] if len(item) == 3 else {}
+            call = target if isinstance(target, TaskCall) else self._task_of(target).options()
+            new_jobs.append(call._new_job(args, kwargs))
+        return await self._insert(new_jobs)
+
+    async def _insert(self, new_jobs: list[NewJob]) -> list[Job]:
+        backend = await self._backend_ready()
+        records = await backend.job_insert_many(self.name, new_jobs)
+        self._notify()
+        return [self._job(r) for r in records]
+
+    def _notify(self) -> None:
+        self.backend.work_notify(self.name)
+
+    # ── reading ────────────────────────────────────────────────────────────
+    def _job(self, record: JobRecord) -> Job:
+        payload = json.loads(record.payload)
+        value = json.loads(record.result) if record.result is not None else None
+        return Job(
+            id=record.id,
+            queue=record.queue,
+            task=record.task,
+            channel=record.channel,
+            state=JobState(record.state),
+            priority=record.priority,
+            attempts=record.attempts,
+            max_attempts=record.max_attempts,
+            args=tuple(payload.get("args", ())),
+            kwargs=dict(payload.get("kwargs", {})),
+            created_at=record.created_at,
+            run_at=record.run_at,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            error=record.error,
+            return_value=value,
+            queue_ref=self,
+        )
+
+    async def get_job(self, job_id: str) -> Job | None:
+        """The job's current snapshot, or None if unknown (or deleted by retention)."""
+        record = await (await self._backend_ready()).job_get(self.name, job_id)
+        return None if record is None else self._job(record)
+
+    async def jobs(
+        self, *, state: JobState | str | None = None, channel: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        """Jobs, newest first, optionally of one state and/or channel."""
+        if state is not None:
+            state = JobState(state)
+        if channel is not None:
+            check_name("channel", channel)
+        count = _count("limit", limit)
+        records = await (await self._backend_ready()).job_list(
+            self.name,
+            state=None if state is None else str(state),
+            channel=channel,
+            limit=count or 100,
+        )
+        return [self._job(r) for r in records]
+
+    async def show_pool(self) -> QueueSnapshot:
+        """Counts by state and channel, running jobs and limits (Hydra's showPool)."""
+        snap = await (await self._backend_ready()).pool_stats(self.name)
+        return QueueSnapshot(
+            dict(snap.counts),
+            {k: dict(v) for k, v in snap.channels.items()},
+            [self._job(r) for r in snap.running],
+            snap.max_concurrency,
+            dict(snap.policies),
+        )
+
+    async def result(self, job_id: str, timeout: float | None = None) -> Any:
+        """Wait until the job ends; its return value, or ``hp.JobFailed``."""
+        async with asyncio.timeout(timeout):
+            job = await self._wait_end(job_id)
+        if job.state is JobState.SUCCEEDED:
+            return job.return_value
+        raise JobFailed(job.id, str(job.state), job.error)
+
+    async def _wait_end(self, job_id: str) -> Job:
+        delay = 0.005
+        while True:
+            job = await self.get_job(job_id)
+            if job is None:
+                raise LookupError(f"no job {job_id!r} in queue {self.name!r}")
+            if job.state in TERMINAL:
+                return job
+            event = self._ended.setdefault(job_id, asyncio.Event())
+            try:  # a local worker wakes us at once; other processes are polled
+                await asyncio.wait_for(event.wait(), delay)
+            except TimeoutError:
+                delay = min(delay * 2, 0.5)
+            finally:
+                if event.is_set():
+                    self._ended.pop(job_id, None)
+
+    def _job_ended(self, job_id: str) -> None:
+        event = self._ended.get(job_id)
+        if event is not None:
+            event.set()
+
+    # ── control ────────────────────────────────────────────────────────────
+    async def cancel(self, job_id: str) -> Job | None:
+        """Cancel a job: a waiting one never runs; a running one is cancelled in its worker."""
+        record = await (await self._backend_ready()).job_cancel(self.name, job_id)
+        if record is None:
+            return None
+        for worker in list(self._local_workers):
+            worker._cancel_local(job_id)
+        if record.state == "cancelled":
+            self._job_ended(job_id)
+        return self._job(record)
+
+    async def set_limits(self, *, max_concurrency: int | None = None) -> None:
+        """Cap how many of this queue's jobs run at once, across every worker."""
+        await (await self._backend_ready()).queue_limits_set(
+            self.name, _count("max_concurrency", max_concurrency)
+        )
+        self._notify()
+
+    async def migrate(self) -> list[str]:
+        """Apply pending schema migrations; returns their names."""
+        return await (await self._backend_ready()).migrate()
+
+    async def _backend_ready(self) -> Backend:
+        if not self._opened:
+            await self.backend.open()
+            self._opened = True
+        return self.backend
+
+    async def close(self) -> None:
+        """Close the backend's connections."""
+        if self._opened:
+            self._opened = False
+            await self.backend.close()
+
+    async def __aenter__(self) -> Queue:
+        await self._backend_ready()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+def _not_here(name: str) -> Callable[..., Any]:
+    def missing(*args: Any, **kwargs: Any) -> Any:
+        raise LookupError(f"task {name!r} is not registered in this process")
+
+    return missing
+
+
+def job_with_state(job: Job, state: JobState) -> Job:
+    """A copy of ``job`` in another state (for local bookkeeping)."""
+    return replace(job, state=state)

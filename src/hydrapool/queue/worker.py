@@ -1,0 +1,351 @@
+"""Worker: claims durable jobs into its execution slots and runs them.
+
+    worker = hp.Worker(queue, concurrency=10)
+    await worker.run()          # until SIGTERM/SIGINT or worker.stop()
+
+A worker claims up to its free slots in one backend step, runs each job's
+task (``async def`` on the loop, plain functions in threads), extends its
+leases with heartbeats, and reports each outcome fenced by the job's lease:
+a report on a lease that expired meanwhile is refused and logged, never
+crashing the worker. On SIGTERM/SIGINT (or ``stop()``) it claims nothing new,
+lets running jobs finish within ``grace`` seconds, and hands the rest back
+without spending an attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hydrapool._callables import call_maybe_async
+from hydrapool.backends.base import Claim, ClaimParams, Finish
+from hydrapool.exceptions import Fail, PayloadError
+from hydrapool.queue.coordinator import Coordinator
+from hydrapool.queue.queue import Queue, Task, check_name, retry_from_json
+
+__all__ = ["Worker", "WorkerStatistics"]
+
+logger = logging.getLogger("hydrapool.worker")
+
+_CANCEL = "cancel"  # queue.cancel(): the job ends cancelled
+_HAND_BACK = "hand_back"  # graceful stop: back to the queue, attempt refunded
+_LEASE_LOST = "lease_lost"  # our lease is gone: someone else owns the job now
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatistics:
+    """A snapshot of a Worker's counters."""
+
+    concurrency: int
+    running: int
+    succeeded: int
+    failed: int
+    retried: int
+    cancelled: int
+    handed_back: int
+    refused: int  # reports refused because the lease had expired
+    lost: int  # running jobs abandoned because their lease was lost
+
+
+class Worker:
+    """Runs a queue's jobs with ``concurrency`` execution slots.
+
+    Args:
+        queue: the ``hp.Queue`` whose registered tasks this worker runs.
+        concurrency: execution slots (jobs running at once in this worker).
+        lease: seconds a claim is valid without a heartbeat (heartbeats every lease/3).
+        grace: seconds running jobs get to finish on a stop before being handed back.
+        channels: serve only these channels (None: all).
+        coordinator: also run the queue's coordinator (one acts at a time).
+        handle_signals: stop gracefully on SIGTERM/SIGINT (main thread only).
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        concurrency: int = 10,
+        *,
+        lease: float = 30.0,
+        grace: float = 30.0,
+        channels: list[str] | tuple[str, ...] | None = None,
+        coordinator: bool = True,
+        coordinator_interval: float = 1.0,
+        handle_signals: bool = True,
+        idle_wait: float = 1.0,
+    ) -> None:
+        if not isinstance(queue, Queue):
+            raise TypeError(f"Worker needs an hp.Queue, got {queue!r}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"Worker concurrency must be an int >= 1, got {concurrency!r}")
+        for name, value in (("lease", lease), ("grace", grace), ("idle_wait", idle_wait)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"Worker {name} must be a number of seconds > 0, got {value!r}")
+        self.queue = queue
+        self.concurrency = concurrency
+        self.lease = float(lease)
+        self.grace = float(grace)
+        self.channels = (
+            None if channels is None else tuple(check_name("channel", c) for c in channels)
+        )
+        self.idle_wait = float(idle_wait)
+        self.handle_signals = handle_signals
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._coordinator = (
+            Coordinator(queue, interval=coordinator_interval, owner=self.id)
+            if coordinator
+            else None
+        )
+        self._running: dict[str, tuple[Claim, asyncio.Task[None]]] = {}
+        self._reasons: dict[str, str] = {}
+        self._finishes: list[Finish] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._counts = dict.fromkeys(
+            ("succeeded", "failed", "retried", "cancelled", "handed_back", "refused", "lost"), 0
+        )
+
+    def statistics(self) -> WorkerStatistics:
+        """A frozen snapshot of the counters."""
+        return WorkerStatistics(self.concurrency, len(self._running), **self._counts)
+
+    def stop(self) -> None:
+        """Ask for a graceful stop (what SIGTERM/SIGINT do); ``run()`` returns after it."""
+        self._stop.set()
+
+    # ── the main loop ──────────────────────────────────────────────────────
+    async def run(self) -> None:
+        """Claim and run jobs until stopped, then stop gracefully."""
+        self._stop = asyncio.Event()
+        self.queue._local_workers.add(self)
+        backend = await self.queue._backend_ready()
+        helpers = [asyncio.create_task(self._heartbeats())]
+        if self._coordinator is not None:
+            helpers.append(asyncio.create_task(self._coordinator.run(self._stop)))
+        installed = self._install_signals()
+        try:
+            while not self._stop.is_set():
+                free = self.concurrency - len(self._running)
+                claims: list[Claim] = []
+                if free > 0:
+                    params = ClaimParams(self.queue.name, self.id, free, self.lease, self.channels)
+                    claims = await backend.job_claim(params)
+                    for claim in claims:
+                        self._start(claim)
+                if not claims or len(self._running) >= self.concurrency:
+                    await self._wait(full=len(self._running) >= self.concurrency)
+            await self._shut_down()
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            self._remove_signals(installed)
+            self.queue._local_workers.discard(self)
+
+    async def _wait(self, *, full: bool) -> None:
+        self._slot_freed.clear()
+        waits: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(self._stop.wait()),
+            asyncio.ensure_future(self._slot_freed.wait()),
+        ]
+        if not full:
+            waits.append(
+                asyncio.ensure_future(self.queue.backend.work_wait(self.queue.name, self.idle_wait))
+            )
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+
+    async def _shut_down(self) -> None:
+        running = [task for _, task in self._running.values()]
+        if running:
+            await asyncio.wait(running, timeout=self.grace)
+        for job_id, (_, task) in list(self._running.items()):
+            self._reasons[job_id] = _HAND_BACK
+            task.cancel()
+        await asyncio.gather(*(t for _, t in self._running.values()), return_exceptions=True)
+        await self._flush()
+
+    def _install_signals(self) -> list[signal.Signals]:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return []
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+                installed.append(sig)
+        return installed
+
+    @staticmethod
+    def _remove_signals(installed: list[signal.Signals]) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+    # ── running one job ────────────────────────────────────────────────────
+    def _start(self, claim: Claim) -> None:
+        task = asyncio.create_task(self._execute(claim))
+        self._running[claim.job.id] = (claim, task)
+        task.add_done_callback(lambda _: self._ended(claim.job.id))
+
+    def _ended(self, job_id: str) -> None:
+        self._running.pop(job_id, None)
+        self._reasons.pop(job_id, None)
+        self._slot_freed.set()
+
+    async def _execute(self, claim: Claim) -> None:
+        job = claim.job
+        payload: Mapping[str, Any] = {}
+        task: Task[Any, Any] | None = None
+        try:
+            payload = json.loads(job.payload)
+            task = self.queue.tasks.get(job.task)
+            if task is None:
+                raise LookupError(f"no task named {job.task!r} is registered in this worker")
+            value = await self._call(task, payload)
+        except asyncio.CancelledError:
+            reason = self._reasons.get(job.id)
+            if reason is None:
+                raise  # the worker itself is being torn down
+            self._cancelled(claim, reason)
+            return
+        except Exception as exc:
+            self._failed(claim, exc, payload, task)
+            return
+        try:
+            result = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            error = PayloadError(f"task {job.task!r} returned a value that is not JSON: {exc}")
+            self._report(Finish(job.id, claim.lease, "failed", error=_text(error)), "failed")
+            return
+        self._report(Finish(job.id, claim.lease, "succeeded", result=result), "succeeded")
+
+    async def _call(self, task: Task[Any, Any], payload: Mapping[str, Any]) -> Any:
+        args = payload.get("args", [])
+        kwargs = payload.get("kwargs", {})
+        timeout = payload.get("timeout") or task.timeout
+
+        async def invoke() -> Any:
+            return await call_maybe_async(lambda: task.fn(*args, **kwargs))
+
+        if timeout is None:
+            return await invoke()
+        try:
+            async with asyncio.timeout(timeout):
+                return await invoke()
+        except TimeoutError:
+            raise TimeoutError(f"the task ran past its timeout of {timeout:g}s") from None
+
+    def _failed(
+        self,
+        claim: Claim,
+        exc: BaseException,
+        payload: Mapping[str, Any],
+        task: Task[Any, Any] | None,
+    ) -> None:
+        job = claim.job
+        retry = retry_from_json(payload.get("retry")) or (task.retry if task else None)
+        retry_on = task.retry_on if task is not None else (Exception,)
+        final = isinstance(exc, Fail) and exc.cancel_retries
+        if not final and job.attempts < job.max_attempts and isinstance(exc, retry_on) and retry:
+            delay = retry.delay(job.attempts)
+            self._report(
+                Finish(job.id, claim.lease, "retrying", error=_text(exc), delay=delay), "retried"
+            )
+            return
+        if not isinstance(exc, (Fail, LookupError, TimeoutError)):
+            logger.error("job %s (%s) failed", job.id, job.task, exc_info=exc)
+        self._report(Finish(job.id, claim.lease, "failed", error=_text(exc)), "failed")
+
+    def _cancelled(self, claim: Claim, reason: str) -> None:
+        if reason == _LEASE_LOST:
+            self._counts["lost"] += 1
+            logger.warning("job %s: lease lost; another worker may run it", claim.job.id)
+        elif reason == _HAND_BACK:
+            self._report(Finish(claim.job.id, claim.lease, "queued"), "handed_back")
+        else:
+            self._report(
+                Finish(claim.job.id, claim.lease, "cancelled", error="cancelled"), "cancelled"
+            )
+
+    def _cancel_local(self, job_id: str) -> None:
+        entry = self._running.get(job_id)
+        if entry is not None and job_id not in self._reasons:
+            self._reasons[job_id] = _CANCEL
+            entry[1].cancel()
+
+    # ── reports and heartbeats ─────────────────────────────────────────────
+    def _report(self, finish: Finish, outcome: str) -> None:
+        self._counts[outcome] += 1
+        self._finishes.append(finish)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._finishes:
+            batch, self._finishes = self._finishes, []
+            try:
+                applied = await self.queue.backend.job_finish_many(self.queue.name, batch)
+            except Exception:
+                logger.exception("could not record %d job outcomes; retrying", len(batch))
+                self._finishes[:0] = batch
+                await asyncio.sleep(0.5)
+                continue
+            for finish, ok in zip(batch, applied, strict=True):
+                if not ok:
+                    self._counts["refused"] += 1
+                    logger.warning(
+                        "job %s: %s report refused: its lease had expired (the job is "
+                        "retried or failed by the coordinator)",
+                        finish.job_id,
+                        finish.state,
+                    )
+                elif finish.state in ("succeeded", "failed", "cancelled"):
+                    self.queue._job_ended(finish.job_id)
+            if any(
+                ok and f.state in ("retrying", "queued")
+                for f, ok in zip(batch, applied, strict=True)
+            ):
+                self.queue._notify()
+
+    async def _heartbeats(self) -> None:
+        backend = self.queue.backend
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            leases = {job_id: claim.lease for job_id, (claim, _) in self._running.items()}
+            if not leases:
+                continue
+            try:
+                beat = await backend.job_heartbeat_many(self.queue.name, leases, self.lease)
+            except Exception:
+                logger.exception("heartbeat failed; retrying at the next beat")
+                continue
+            for job_id in leases:
+                if job_id not in beat.kept:
+                    self._abandon(job_id, _LEASE_LOST)
+                elif job_id in beat.cancel_requested:
+                    self._abandon(job_id, _CANCEL)
+
+    def _abandon(self, job_id: str, reason: str) -> None:
+        entry = self._running.get(job_id)
+        if entry is not None and job_id not in self._reasons:
+            self._reasons[job_id] = reason
+            entry[1].cancel()
+
+
+def _text(exc: BaseException) -> str:
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
