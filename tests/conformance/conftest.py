@@ -1,0 +1,38 @@
+"""The conformance suite: every test runs once per backend (memory and sqlite for now)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import hydrapool as hp
+
+BACKENDS = ["memory", "sqlite"]
+
+
+def backend_url(kind: str, tmp_path: Path) -> str:
+    if kind == "memory":
+        return "memory://"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'queue.db'}"
+    raise ValueError(kind)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def url(backend_kind: str, tmp_path: Path) -> str:
+    return backend_url(backend_kind, tmp_path)
+
+
+@pytest.fixture
+async def queue(url: str) -> AsyncIterator[hp.Queue]:
+    q = hp.Queue(url, name=f"t{uuid.uuid4().hex[:8]}")
+    async with q:
+        yield q
