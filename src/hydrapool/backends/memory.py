@@ -207,7 +207,9 @@ class MemoryBackend:
             return False
         changes: dict[str, object] = {"state": finish.state, "lease": None, "worker": None}
         if finish.state in TERMINAL_STATES:
-            changes.update(finished_at=now, result=finish.result, error=finish.error)
+            # A success keeps the last failure's text: how the job got there stays visible.
+            error = finish.error if finish.error is not None else job.error
+            changes.update(finished_at=now, result=finish.result, error=error)
         elif finish.state == "retrying":
             changes.update(run_at=now + finish.delay, error=finish.error)
         elif finish.state == "queued":  # handed back: the attempt is refunded

@@ -78,7 +78,7 @@ RETURNING id, cancel_requested;
 
 -- name: job_finish_end
 UPDATE hydrapool_jobs
-SET state = :state, finished_at = :now, result = :result, error = :error,
+SET state = :state, finished_at = :now, result = :result, error = COALESCE(:error, error),
     lease = NULL, lease_expires_at = NULL, worker = NULL
 WHERE queue = :queue AND id = :id AND state = 'running' AND lease = :lease
   AND (lease_expires_at < :now) = :expired;

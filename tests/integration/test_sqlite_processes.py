@@ -1,0 +1,135 @@
+"""Real worker processes on one SQLite file: limits across processes, SIGKILL, nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import hydrapool as hp
+
+APP = Path(__file__).with_name("app.py")
+
+
+class Workers:
+    """Worker processes started from app.py; all are killed at the end of the test."""
+
+    def __init__(self, url: str, name: str, log_dir: Path) -> None:
+        self.url, self.name, self.log_dir = url, name, log_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, lease: float = 30.0) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONPATH": str(Path(hp.__file__).parents[1])}
+        proc = subprocess.Popen(
+            [sys.executable, str(APP), self.url, self.name, str(self.log_dir), str(lease)],
+            env=env,
+        )
+        self.procs.append(proc)
+        return proc
+
+    async def ready(self, proc: subprocess.Popen[bytes]) -> None:
+        marker = self.log_dir / f"ready-{proc.pid}"
+        for _ in range(400):
+            if marker.exists():
+                return
+            assert proc.poll() is None, "the worker process died while starting"
+            await asyncio.sleep(0.025)
+        raise AssertionError("worker process did not start")
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    group = Workers(f"sqlite:///{tmp_path / 'shared.db'}", "it", log_dir)
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+def peak_concurrency(log_dir: Path, channel: str | None = None) -> int:
+    events = []
+    for log in log_dir.glob("worker-*.log"):
+        for line in log.read_text().splitlines():
+            kind, chan, ns = line.split()
+            if channel is None or chan == channel:
+                events.append((int(ns), 0 if kind == "end" else 1))
+    running = peak = 0
+    for _, delta in sorted(events):  # at equal times an end sorts first: no false overlap
+        running += 1 if delta else -1
+        peak = max(peak, running)
+    return peak
+
+
+async def wait_all_ended(queue: hp.Queue, count: int, timeout: float = 60) -> list[hp.Job]:
+    async with asyncio.timeout(timeout):
+        while True:
+            jobs = await queue.jobs(limit=count + 10)
+            if len(jobs) == count and all(j.done for j in jobs):
+                return jobs
+            await asyncio.sleep(0.05)
+
+
+async def test_limits_hold_across_four_worker_processes(workers: Workers) -> None:
+    queue = hp.Queue(workers.url, name=workers.name)
+    async with queue:
+        await queue.set_limits(max_concurrency=5)
+        await queue.channel("limited").set_policy(max_concurrency=3)
+        calls = [(queue._task_of("work").options(channel="limited"), ("limited", 0.01))] * 60
+        calls += [
+            (queue._task_of("work").options(channel=f"c{i % 3}"), (f"c{i % 3}", 0.01))
+            for i in range(90)
+        ]
+        jobs = await queue.enqueue_many(calls)
+        procs = [workers.start() for _ in range(4)]
+        await asyncio.gather(*(workers.ready(p) for p in procs))
+        ended = await wait_all_ended(queue, len(jobs))
+    assert {j.state for j in ended} == {hp.JobState.SUCCEEDED}
+    assert len({j.return_value for j in ended}) > 1, "more than one process did work"
+    assert peak_concurrency(workers.log_dir) <= 5
+    assert peak_concurrency(workers.log_dir, "limited") <= 3
+    assert peak_concurrency(workers.log_dir) >= 4, "the limits were approached"
+
+
+async def test_a_sigkilled_workers_job_completes_elsewhere(
+    workers: Workers, tmp_path: Path
+) -> None:
+    queue = hp.Queue(workers.url, name=workers.name)
+    flag = tmp_path / "first-try"
+    async with queue:
+        retry = hp.Retry(attempts=3)  # this process does not register the task: say it here
+        job = await queue._task_of("slow_first").options(retry=retry).enqueue(str(flag))
+        victim = workers.start(lease=1.0)
+        async with asyncio.timeout(30):
+            while not flag.exists():
+                await asyncio.sleep(0.02)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(10)
+        assert (await job.refresh()).state is hp.JobState.RUNNING
+        survivor = workers.start(lease=1.0)
+        await workers.ready(survivor)
+        winner = await job.result(timeout=60)
+        final = await job.refresh()
+    assert winner == survivor.pid
+    assert final.state is hp.JobState.SUCCEEDED
+    assert final.attempts == 2
+    assert final.error is not None
+    assert "lease expired" in final.error
