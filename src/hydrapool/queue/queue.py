@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from hydrapool._callables import is_async_callable
 from hydrapool.backends import backend_from_url
 from hydrapool.backends.base import Backend, ChannelPolicy, JobRecord, NewJob
 from hydrapool.exceptions import JobFailed, PayloadError
@@ -180,6 +181,9 @@ class Task(Generic[P, R]):
     priority: int = 0
     max_processing: float | None = None
     retry_on: tuple[type[BaseException], ...] = field(default=(Exception,))
+
+    def __post_init__(self) -> None:
+        self.is_async = is_async_callable(self.fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         return self.fn(*args, **kwargs)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -239,7 +240,9 @@ class Worker:
         timeout = payload.get("timeout") or task.timeout
 
         async def invoke() -> Any:
-            return await call_maybe_async(lambda: task.fn(*args, **kwargs))
+            if task.is_async:
+                return await task.fn(*args, **kwargs)
+            return await call_maybe_async(functools.partial(task.fn, *args, **kwargs))
 
         if timeout is None:
             return await invoke()

@@ -25,9 +25,15 @@ CREATE TABLE hydrapool_jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 
-CREATE INDEX hydrapool_jobs_due ON hydrapool_jobs (queue, run_at)
+-- Jobs not yet running, per channel, best first: a claim reads each channel's
+-- head straight off it, and channel sizes are counted on it. Few indexes on
+-- purpose: every one is rewritten at each claim and each finish.
+CREATE INDEX hydrapool_jobs_head ON hydrapool_jobs (queue, channel, priority DESC, seq)
     WHERE state IN ('waiting', 'queued', 'retrying');
-CREATE INDEX hydrapool_jobs_channel ON hydrapool_jobs (queue, channel, state);
+-- Delayed and backing-off jobs by due time, for the coordinator's release
+-- (claims of jobs enqueued due at once never touch it).
+CREATE INDEX hydrapool_jobs_due ON hydrapool_jobs (queue, run_at)
+    WHERE state IN ('waiting', 'retrying');
 CREATE INDEX hydrapool_jobs_running ON hydrapool_jobs (queue, lease_expires_at)
     WHERE state = 'running';
 CREATE INDEX hydrapool_jobs_finished ON hydrapool_jobs (queue, finished_at)

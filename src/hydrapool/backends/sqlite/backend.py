@@ -42,6 +42,11 @@ T = TypeVar("T")
 Q = load_queries(__package__ or "hydrapool.backends.sqlite")
 _COLUMNS = [f for f in JobRecord.__dataclass_fields__]
 _TERMINAL = ("succeeded", "failed", "cancelled", "dropped")
+_FINISH_SQL = {
+    "end": Q["job_finish_end"],
+    "retry": Q["job_finish_retry"],
+    "hand_back": Q["job_finish_hand_back"],
+}
 
 
 def path_of(url: str) -> str:
@@ -245,22 +250,26 @@ class SqliteBackend:
             chosen, served, counter = pick(candidates, slots, counter)
             if not chosen:
                 return []
-            claims = []
+            # One lease token for the batch: the (job id, token) pair is what fences.
+            token = uuid.uuid4().hex
             expires = now + params.lease
-            for _, job_id in chosen:
-                token = uuid.uuid4().hex
-                row = conn.execute(
-                    Q["job_claim"],
-                    {
-                        "id": job_id,
-                        "now": now,
-                        "lease": token,
-                        "expires": expires,
-                        "worker": params.worker,
-                    },
-                ).fetchone()
-                if row is not None:
-                    claims.append(Claim(_record(row), token, expires))
+            rows = conn.execute(
+                Q["job_claim"],
+                {
+                    **q,
+                    "ids": json.dumps([job_id for _, job_id in chosen]),
+                    "now": now,
+                    "lease": token,
+                    "expires": expires,
+                    "worker": params.worker,
+                },
+            ).fetchall()
+            by_id = {row["id"]: row for row in rows}
+            claims = [
+                Claim(_record(by_id[job_id]), token, expires)
+                for _, job_id in chosen
+                if job_id in by_id
+            ]
             for channel, mark in served.items():
                 conn.execute(Q["channel_served"], {**q, "channel": channel, "mark": mark})
             conn.execute(Q["queue_counter_set"], {**q, "counter": counter})
@@ -270,24 +279,25 @@ class SqliteBackend:
         self, conn: sqlite3.Connection, params: ClaimParams, now: float, slots: int
     ) -> list[Candidates]:
         q = {"queue": params.queue}
-        meta = {r["channel"]: r for r in conn.execute(Q["channel_meta"], q)}
         running = dict(conn.execute(Q["channel_running"], q).fetchall())
-        channels = None if params.channels is None else json.dumps(list(params.channels))
-        by_channel: dict[str, Candidates] = {}
-        rows = conn.execute(
-            Q["claim_candidates"],
-            {**q, "now": now, "channels": channels, "per_channel": slots},
-        )
-        for channel, priority, job_id in rows:
-            entry = by_channel.get(channel)
-            if entry is None:
-                m = meta.get(channel)
-                limit = m["max_concurrency"] if m is not None else None
-                capacity = None if limit is None else limit - running.get(channel, 0)
-                last = m["last_served"] if m is not None else 0
-                entry = by_channel[channel] = Candidates(channel, last, capacity)
-            entry.jobs.append((priority, job_id))
-        return list(by_channel.values())
+        wanted = None if params.channels is None else set(params.channels)
+        out = []
+        for meta in conn.execute(Q["channel_meta"], q).fetchall():
+            channel = meta["channel"]
+            if wanted is not None and channel not in wanted:
+                continue
+            limit = meta["max_concurrency"]
+            capacity = None if limit is None else limit - running.get(channel, 0)
+            if capacity is not None and capacity <= 0:
+                continue
+            take = slots if capacity is None else min(slots, capacity)
+            rows = conn.execute(
+                Q["claim_heads"], {**q, "channel": channel, "now": now, "limit": take}
+            ).fetchall()
+            if rows:
+                jobs = [(row["priority"], row["id"]) for row in rows]
+                out.append(Candidates(channel, meta["last_served"], capacity, jobs))
+        return out
 
     async def job_heartbeat_many(
         self, queue: str, leases: Mapping[str, str], lease: float
@@ -325,30 +335,39 @@ class SqliteBackend:
     def _finish(
         self, conn: sqlite3.Connection, queue: str, finishes: Sequence[Finish]
     ) -> list[bool]:
-        now = time.time()
-        out = []
-        with self._write(conn):
-            for f in finishes:
-                params = {
-                    "queue": queue,
+        groups: dict[str, list[dict[str, Any]]] = {"end": [], "retry": [], "hand_back": []}
+        for f in finishes:
+            if f.state in _TERMINAL:
+                kind = "end"
+            elif f.state == "retrying":
+                kind = "retry"
+            elif f.state == "queued":
+                kind = "hand_back"
+            else:
+                raise ValueError(f"cannot finish a job as {f.state!r}")
+            groups[kind].append(
+                {
                     "id": f.job_id,
                     "lease": f.lease,
-                    "now": now,
-                    "expired": int(f.expired),
+                    "state": f.state,
+                    "result": f.result,
                     "error": f.error,
+                    "delay": f.delay,
+                    "expired": int(f.expired),
                 }
-                if f.state in _TERMINAL:
-                    sql = Q["job_finish_end"]
-                    params.update(state=f.state, result=f.result)
-                elif f.state == "retrying":
-                    sql = Q["job_finish_retry"]
-                    params["delay"] = f.delay
-                elif f.state == "queued":
-                    sql = Q["job_finish_hand_back"]
-                else:
-                    raise ValueError(f"cannot finish a job as {f.state!r}")
-                out.append(conn.execute(sql, params).rowcount == 1)
-        return out
+            )
+        applied: set[str] = set()
+        now = time.time()
+        with self._write(conn):
+            for kind, batch in groups.items():
+                if batch:
+                    rows = conn.execute(
+                        _FINISH_SQL[kind],
+                        {"queue": queue, "now": now, "batch": json.dumps(batch)},
+                    )
+                    applied.update(row[0] for row in rows)
+        # One statement per kind of outcome; a worker reports a job once per claim.
+        return [f.job_id in applied for f in finishes]
 
     async def job_cancel(self, queue: str, job_id: str) -> JobRecord | None:
         """Cancel a job not yet running; flag a running one."""

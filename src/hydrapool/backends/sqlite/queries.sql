@@ -25,7 +25,7 @@ VALUES
 INSERT OR IGNORE INTO hydrapool_channels (queue, channel) VALUES (:queue, :channel);
 
 -- name: channel_size
-SELECT COUNT(*) FROM hydrapool_jobs
+SELECT COUNT(*) FROM hydrapool_jobs INDEXED BY hydrapool_jobs_head
 WHERE queue = :queue AND channel = :channel AND state IN ('waiting', 'queued', 'retrying');
 
 -- name: channel_policy_get
@@ -51,23 +51,20 @@ ON CONFLICT (queue) DO UPDATE SET counter = excluded.counter;
 -- name: queue_running
 SELECT COUNT(*) FROM hydrapool_jobs WHERE queue = :queue AND state = 'running';
 
--- name: claim_candidates
-WITH due AS (
-    SELECT id, channel, priority,
-           ROW_NUMBER() OVER (PARTITION BY channel ORDER BY priority DESC, seq) AS rank
-    FROM hydrapool_jobs
-    WHERE queue = :queue
-      AND state IN ('waiting', 'queued', 'retrying')
-      AND run_at <= :now
-      AND (:channels IS NULL OR channel IN (SELECT value FROM json_each(:channels)))
-)
-SELECT channel, priority, id FROM due WHERE rank <= :per_channel ORDER BY channel, rank;
+-- name: claim_heads
+SELECT priority, id FROM hydrapool_jobs INDEXED BY hydrapool_jobs_head
+WHERE queue = :queue AND channel = :channel
+  AND state IN ('waiting', 'queued', 'retrying') AND run_at <= :now
+ORDER BY priority DESC, seq
+LIMIT :limit;
 
 -- name: job_claim
 UPDATE hydrapool_jobs
 SET state = 'running', attempts = attempts + 1, started_at = :now, lease = :lease,
     lease_expires_at = :expires, worker = :worker, cancel_requested = 0
-WHERE id = :id AND state IN ('waiting', 'queued', 'retrying')
+WHERE id IN (SELECT value FROM json_each(:ids))
+  AND +queue = :queue  -- the unary + keeps the planner on the id index
+  AND state IN ('waiting', 'queued', 'retrying')
 RETURNING *;
 
 -- name: job_heartbeat
@@ -78,24 +75,44 @@ RETURNING id, cancel_requested;
 
 -- name: job_finish_end
 UPDATE hydrapool_jobs
-SET state = :state, finished_at = :now, result = :result, error = COALESCE(:error, error),
+SET state = json_extract(f.value, '$.state'),
+    finished_at = :now,
+    result = json_extract(f.value, '$.result'),
+    error = COALESCE(json_extract(f.value, '$.error'), hydrapool_jobs.error),
     lease = NULL, lease_expires_at = NULL, worker = NULL
-WHERE queue = :queue AND id = :id AND state = 'running' AND lease = :lease
-  AND (lease_expires_at < :now) = :expired;
+FROM json_each(:batch) AS f
+WHERE hydrapool_jobs.id = json_extract(f.value, '$.id')
+  AND +hydrapool_jobs.queue = :queue
+  AND hydrapool_jobs.state = 'running'
+  AND hydrapool_jobs.lease = json_extract(f.value, '$.lease')
+  AND (hydrapool_jobs.lease_expires_at < :now) = json_extract(f.value, '$.expired')
+RETURNING hydrapool_jobs.id;
 
 -- name: job_finish_retry
 UPDATE hydrapool_jobs
-SET state = 'retrying', run_at = :now + :delay, error = :error,
+SET state = 'retrying',
+    run_at = :now + json_extract(f.value, '$.delay'),
+    error = json_extract(f.value, '$.error'),
     lease = NULL, lease_expires_at = NULL, worker = NULL
-WHERE queue = :queue AND id = :id AND state = 'running' AND lease = :lease
-  AND (lease_expires_at < :now) = :expired;
+FROM json_each(:batch) AS f
+WHERE hydrapool_jobs.id = json_extract(f.value, '$.id')
+  AND +hydrapool_jobs.queue = :queue
+  AND hydrapool_jobs.state = 'running'
+  AND hydrapool_jobs.lease = json_extract(f.value, '$.lease')
+  AND (hydrapool_jobs.lease_expires_at < :now) = json_extract(f.value, '$.expired')
+RETURNING hydrapool_jobs.id;
 
 -- name: job_finish_hand_back
 UPDATE hydrapool_jobs
 SET state = 'queued', run_at = :now, attempts = attempts - 1,
     lease = NULL, lease_expires_at = NULL, worker = NULL
-WHERE queue = :queue AND id = :id AND state = 'running' AND lease = :lease
-  AND (lease_expires_at < :now) = :expired;
+FROM json_each(:batch) AS f
+WHERE hydrapool_jobs.id = json_extract(f.value, '$.id')
+  AND +hydrapool_jobs.queue = :queue
+  AND hydrapool_jobs.state = 'running'
+  AND hydrapool_jobs.lease = json_extract(f.value, '$.lease')
+  AND (hydrapool_jobs.lease_expires_at < :now) = json_extract(f.value, '$.expired')
+RETURNING hydrapool_jobs.id;
 
 -- name: job_cancel_waiting
 UPDATE hydrapool_jobs SET state = 'cancelled', finished_at = :now
@@ -127,7 +144,7 @@ UPDATE hydrapool_jobs SET lease_expires_at = :now - 0.000001
 WHERE queue = :queue AND id = :id AND state = 'running' AND lease_expires_at >= :now;
 
 -- name: job_release_due
-UPDATE hydrapool_jobs SET state = 'queued'
+UPDATE hydrapool_jobs INDEXED BY hydrapool_jobs_due SET state = 'queued'
 WHERE queue = :queue AND state IN ('waiting', 'retrying') AND run_at <= :now;
 
 -- name: job_delete_finished

@@ -1,0 +1,185 @@
+"""Benchmark: the durable queue on the embedded SQLite backend (one machine).
+
+Prints one JSON object with, like ../shared/bench-peers (whose table gives
+the peers' figures on this machine class):
+
+- single enqueue rate: 2,000 ``await task.enqueue()`` one after the other;
+- bulk enqueue rate: N no-op jobs with ``queue.enqueue_many`` (chunks of 1,000);
+- throughput: one worker *process* at concurrency 50 drains the N jobs;
+  processing_per_s = N / (last job end - first job start), measured inside
+  the jobs; total_wall_s from the bulk enqueue's start to the last job's end;
+- latency: an idle worker process (concurrency 10), 200 jobs enqueued one at a
+  time on a 20 ms grid; latency = job start - enqueue time (p50/p95/p99).
+
+    python bench/queue.py [--n 20000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# This file is named like the stdlib's `queue`; run as a script, its folder
+# would shadow that module for everything imported below.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import hydrapool as hp
+
+QUEUE = "bench"
+
+
+def build(url: str, out: Path, expected: int) -> hp.Queue:
+    queue = hp.Queue(url, name=QUEUE)
+    marks: list[float] = []
+    done = {"n": 0}
+
+    def record(value: float) -> None:
+        marks.append(value)
+        done["n"] += 1
+        if done["n"] == expected:
+            out.write_text(json.dumps(marks))
+
+    @queue.task
+    async def noop(sent: float | None = None) -> None:
+        now = time.time()
+        record(now - sent if sent is not None else now)
+
+    return queue
+
+
+async def worker_main(url: str, out: Path, expected: int, concurrency: int) -> None:
+    queue = build(url, out, expected)
+    worker = hp.Worker(queue, concurrency=concurrency, coordinator_interval=1.0)
+    (out.parent / f"ready-{os.getpid()}").write_text("ready")
+    async with queue:
+        task = asyncio.create_task(worker.run())
+        while not out.exists():
+            await asyncio.sleep(0.01)
+        worker.stop()
+        await task
+
+
+def spawn(url: str, out: Path, expected: int, concurrency: int) -> subprocess.Popen[bytes]:
+    args = [sys.executable, __file__, "--role", "worker", "--url", url, "--out", str(out)]
+    args += ["--n", str(expected), "--concurrency", str(concurrency)]
+    return subprocess.Popen(args)
+
+
+async def wait_file(path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout}s")
+        await asyncio.sleep(0.005)
+
+
+async def throughput(n: int, workdir: Path) -> dict[str, float]:
+    url = f"sqlite:///{workdir / 'tp.db'}"
+    out = workdir / "tp.json"
+    queue = build(url, out, n)
+    noop = queue.tasks["noop"]
+    async with queue:
+        start = time.perf_counter()
+        for _ in range(2000):
+            await noop.enqueue()
+        single = 2000 / (time.perf_counter() - start)
+    # A fresh file for the drain, so the single-enqueue jobs do not count.
+    url = f"sqlite:///{workdir / 'tp2.db'}"
+    queue = build(url, out, n)
+    noop = queue.tasks["noop"]
+    async with queue:
+        wall0 = time.time()
+        start = time.perf_counter()
+        for offset in range(0, n, 1000):
+            await queue.enqueue_many([(noop, ()) for _ in range(min(1000, n - offset))])
+        bulk = n / (time.perf_counter() - start)
+        spawned = time.time()
+        proc = spawn(url, out, n, 50)
+        await wait_file(out, 600)
+        proc.wait(60)
+    marks = json.loads(out.read_text())
+    first, last = min(marks), max(marks)
+    return {
+        "single_enqueue_per_s": round(single),
+        "bulk_enqueue_per_s": round(bulk),
+        "processing_per_s": round(n / (last - first)),
+        "total_wall_s": round(last - wall0, 3),
+        "worker_startup_s": round(first - spawned, 3),
+    }
+
+
+async def latency(workdir: Path, count: int = 200) -> dict[str, float]:
+    url = f"sqlite:///{workdir / 'lat.db'}"
+    out = workdir / "lat.json"
+    queue = build(url, out, count + 1)
+    noop = queue.tasks["noop"]
+    async with queue:
+        proc = spawn(url, out, count + 1, 10)
+        await wait_file(workdir / f"ready-{proc.pid}", 60)
+        await noop.enqueue(time.time())  # warm-up
+        await asyncio.sleep(1.0)
+        tick = time.perf_counter()
+        for _ in range(count):
+            await noop.enqueue(time.time())
+            tick += 0.02
+            await asyncio.sleep(max(0.0, tick - time.perf_counter()))
+        await wait_file(out, 60)
+        proc.wait(60)
+    values = sorted(json.loads(out.read_text())[1:])  # drop the warm-up
+    ms = [v * 1000 for v in values]
+
+    def pct(p: float) -> float:
+        return round(ms[min(len(ms) - 1, max(0, round(p / 100 * len(ms)) - 1))], 2)
+
+    return {"p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99), "max_ms": round(ms[-1], 2)}
+
+
+async def bench(n: int, runs: int) -> dict[str, Any]:
+    results: list[dict[str, float]] = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            row = await throughput(n, Path(tmp))
+            row.update(await latency(Path(tmp)))
+            results.append(row)
+    median = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    return {
+        "benchmark": "queue-sqlite",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "jobs": n,
+        "runs": runs,
+        "median": median,
+        "all": results,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--role", default="driver")
+    parser.add_argument("--url")
+    parser.add_argument("--out")
+    parser.add_argument("--concurrency", type=int, default=50)
+    args = parser.parse_args()
+    if args.role == "worker":
+        asyncio.run(worker_main(args.url, Path(args.out), args.n, args.concurrency))
+        return
+    print(json.dumps(asyncio.run(bench(args.n, args.runs)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
