@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run test check lint format typecheck bench clean
+.PHONY: help run demo-pool test check lint format typecheck bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	@touch $(STAMP)
 
-run: $(STAMP) ## create .venv, install, run the demo
-	$(PY) examples/demo.py
+run: $(STAMP) ## create .venv, install, run the demo (durable queue on SQLite)
+	$(PY) examples/queue_demo.py
+
+demo-pool: $(STAMP) ## the in-process Pool demo (2,000 simulated HTTP calls)
+	$(PY) examples/pool_demo.py
 
 test: $(STAMP) ## create .venv, install, run the whole test suite
 	$(PY) -m pytest
@@ -38,6 +41,7 @@ check: lint typecheck test ## format, lint, types, tests: the one way to check
 bench: $(STAMP) ## run the benchmarks (each prints JSON)
 	$(PY) bench/pool.py
 	$(PY) bench/workers.py
+	$(PY) bench/queue.py
 
 clean: ## remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
