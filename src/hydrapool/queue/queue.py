@@ -451,8 +451,10 @@ class Queue:
             except TimeoutError:
                 delay = min(delay * 2, 0.5)
             finally:
-                if event.is_set():
-                    self._ended.pop(job_id, None)
+                # Never left behind (a waiter that times out must not leak its event);
+                # another waiter on the same job still polls, so it only wakes later.
+                if self._ended.get(job_id) is event:
+                    del self._ended[job_id]
 
     def _job_ended(self, job_id: str) -> None:
         event = self._ended.get(job_id)
