@@ -167,7 +167,6 @@ class MemoryBackend:
                 lease=token,
                 lease_expires_at=expires,
                 worker=params.worker,
-                cancel_requested=False,
             )
             data.jobs[job_id] = job
             claims.append(Claim(job, token, expires))
@@ -205,8 +204,13 @@ class MemoryBackend:
         expired = job.lease_expires_at is not None and job.lease_expires_at < now
         if expired != finish.expired:
             return False
-        changes: dict[str, object] = {"state": finish.state, "lease": None, "worker": None}
-        if finish.state in TERMINAL_STATES:
+        state = finish.state
+        if job.cancel_requested and state in ("retrying", "queued"):
+            state = "cancelled"  # a job someone asked to cancel is not tried again
+        changes: dict[str, object] = {"state": state, "lease": None, "worker": None}
+        if state == "cancelled" and finish.state != "cancelled":
+            changes["finished_at"] = now
+        if state in TERMINAL_STATES and state == finish.state:
             # A success keeps the last failure's text: how the job got there stays visible.
             error = finish.error if finish.error is not None else job.error
             changes.update(finished_at=now, result=finish.result, error=error)

@@ -1,15 +1,16 @@
 """Jobs of the durable queue and their state machine: the one place transitions are defined.
 
-    enqueue ─▶ waiting ──(run_at reached)──▶ queued ─▶ running ─▶ succeeded
-       │          │                            ▲          │
-       │          └─(cancel)─▶ cancelled       │          ├─▶ retrying ─(back-off over)─┘
-       │                                       │          ├─▶ failed (no attempt left, hp.Fail)
-       └─(channel full)─▶ dropped              │          ├─▶ cancelled (queue.cancel)
-                                               └──────────┴─ queued (handed back on a stop)
+    enqueue ─▶ waiting ──(due)──▶ queued ──(claim)──▶ running ──▶ succeeded
+       │          │                 │  ▲                │
+       │          │   (claim once due: waiting and      ├──▶ retrying ──(claim once due)──▶ running
+       │          │    retrying jobs are claimable)     ├──▶ failed (no attempt left, hp.Fail)
+       │          └──(cancel)──▶ cancelled ◀─(cancel)───┤    (queued and retrying: cancel too)
+       └─(channel full)─▶ dropped           └─(hand back on a graceful stop)◀┘
 
-Every backend guards each update with the state it expects (``WHERE state =
-'running' AND lease = ?`` or the same check in Lua), and the conformance suite
-checks that no backend ever makes a move this table does not allow.
+docs/state-machine.md has the full table with the cause of each move.
+Backends guard every update with the state (and, for running jobs, the lease)
+they expect, so a move this table does not allow cannot happen; the unit
+tests check the table itself.
 """
 
 from __future__ import annotations

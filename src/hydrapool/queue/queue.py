@@ -63,6 +63,22 @@ def _number(name: str, value: object, *, minimum: float = 0.0, allow_none: bool 
     return value
 
 
+def _positive(name: str, value: object) -> float | None:
+    """Seconds that must be > 0 (a timeout of 0 would fail every try at once)."""
+    if value is None:
+        return None
+    _number(name, value)
+    if not value > 0:  # type: ignore[operator]  # a number, checked just above
+        raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _priority(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"priority must be an int, got {value!r}")
+    return value
+
+
 def _count(name: str, value: object, *, minimum: int = 1) -> int | None:
     if value is None:
         return None
@@ -202,10 +218,10 @@ class Task(Generic[P, R]):
         """Bind enqueue options; ``.enqueue(...)`` on the result stores the job."""
         if delay is not None and run_at is not None:
             raise ValueError("give delay= or run_at=, not both")
-        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-            raise TypeError(f"priority must be an int, got {priority!r}")
-        if retry is not None and not isinstance(retry, Retry):
-            raise TypeError(f"retry must be an hp.Retry, got {retry!r}")
+        if priority is not None:
+            _priority(priority)
+        if retry is not None:
+            self._check_retry(retry)
         when = run_at.timestamp() if isinstance(run_at, datetime) else run_at
         return TaskCall(
             task=self,
@@ -214,9 +230,9 @@ class Task(Generic[P, R]):
             delay=_number("delay", delay) or 0.0,
             run_at=_number("run_at", when),
             retry=retry if retry is not None else self.retry,
-            timeout=_number("timeout", timeout) if timeout is not None else self.timeout,
+            timeout=_positive("timeout", timeout) if timeout is not None else self.timeout,
             max_processing=(
-                _number("max_processing", max_processing)
+                _positive("max_processing", max_processing)
                 if max_processing is not None
                 else self.max_processing
             ),
@@ -225,6 +241,16 @@ class Task(Generic[P, R]):
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """Store one job of this task with the task's default options."""
         return await self.options().enqueue(*args, **kwargs)
+
+    def _check_retry(self, retry: object) -> None:
+        if not isinstance(retry, Retry):
+            raise TypeError(f"retry must be an hp.Retry, got {retry!r}")
+        if retry.retry_on != self.retry_on:
+            raise ValueError(
+                f"task {self.name!r}: retry_on belongs to the task (set it in "
+                "@queue.task(retry=...)); options(retry=...) may change attempts, "
+                "backoff and jitter only"
+            )
 
 
 class Channel:
@@ -313,10 +339,10 @@ class Queue:
                 task_name,
                 func,
                 retry,
-                _number("timeout", timeout),
+                _positive("timeout", timeout),
                 check_name("channel", channel),
-                priority,
-                _number("max_processing", max_processing),
+                _priority(priority),
+                _positive("max_processing", max_processing),
                 retry_on,  # type: ignore[arg-type]  # normalised to a tuple by Retry
             )
             self.tasks[task_name] = task
@@ -333,6 +359,13 @@ class Queue:
             # Enqueueing a task this process does not run is fine (another service may).
             return Task(self, task, _not_here(task))
         return found
+
+    def options(self, task: str | Task[Any, Any], **options: Any) -> TaskCall[Any, Any]:
+        """Enqueue options for ``task`` (a name, even one this process does not register).
+
+        ``await queue.options("send_email", retry=hp.Retry(attempts=5)).enqueue(...)``
+        """
+        return self._task_of(task).options(**options)
 
     def channel(self, name: str) -> Channel:
         """The channel ``name`` of this queue."""

@@ -41,6 +41,13 @@ logger = logging.getLogger("hydrapool.worker")
 _CANCEL = "cancel"  # queue.cancel(): the job ends cancelled
 _HAND_BACK = "hand_back"  # graceful stop: back to the queue, attempt refunded
 _LEASE_LOST = "lease_lost"  # our lease is gone: someone else owns the job now
+_OUTCOME = {
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "retrying": "retried",
+    "cancelled": "cancelled",
+    "queued": "handed_back",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +133,10 @@ class Worker:
 
     # ── the main loop ──────────────────────────────────────────────────────
     async def run(self) -> None:
-        """Claim and run jobs until stopped, then stop gracefully."""
-        self._stop = asyncio.Event()
+        """Claim and run jobs until stopped, then stop gracefully.
+
+        A ``stop()`` that came before ``run()`` makes it return at once.
+        """
         self.queue._local_workers.add(self)
         backend = await self.queue._backend_ready()
         helpers = [asyncio.create_task(self._heartbeats())]
@@ -152,6 +161,7 @@ class Worker:
             await asyncio.gather(*helpers, return_exceptions=True)
             self._remove_signals(installed)
             self.queue._local_workers.discard(self)
+            self._stop.clear()  # the worker may run again
 
     async def _wait(self, *, full: bool) -> None:
         self._slot_freed.clear()
@@ -237,7 +247,9 @@ class Worker:
     async def _call(self, task: Task[Any, Any], payload: Mapping[str, Any]) -> Any:
         args = payload.get("args", [])
         kwargs = payload.get("kwargs", {})
-        timeout = payload.get("timeout") or task.timeout
+        timeout = payload.get("timeout")
+        if timeout is None:
+            timeout = task.timeout
 
         async def invoke() -> Any:
             if task.is_async:
@@ -292,7 +304,7 @@ class Worker:
 
     # ── reports and heartbeats ─────────────────────────────────────────────
     def _report(self, finish: Finish, outcome: str) -> None:
-        self._counts[outcome] += 1
+        del outcome  # counted once the backend has accepted the report (see _flush)
         self._finishes.append(finish)
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush())
@@ -308,8 +320,8 @@ class Worker:
                 await asyncio.sleep(0.5)
                 continue
             for finish, ok in zip(batch, applied, strict=True):
+                self._counts["refused" if not ok else _OUTCOME[finish.state]] += 1
                 if not ok:
-                    self._counts["refused"] += 1
                     logger.warning(
                         "job %s: %s report refused: its lease had expired (the job is "
                         "retried or failed by the coordinator)",

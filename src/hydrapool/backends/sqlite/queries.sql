@@ -61,7 +61,7 @@ LIMIT :limit;
 -- name: job_claim
 UPDATE hydrapool_jobs
 SET state = 'running', attempts = attempts + 1, started_at = :now, lease = :lease,
-    lease_expires_at = :expires, worker = :worker, cancel_requested = 0
+    lease_expires_at = :expires, worker = :worker
 WHERE id IN (SELECT value FROM json_each(:ids))
   AND +queue = :queue  -- the unary + keeps the planner on the id index
   AND state IN ('waiting', 'queued', 'retrying')
@@ -89,8 +89,10 @@ WHERE hydrapool_jobs.id = json_extract(f.value, '$.id')
 RETURNING hydrapool_jobs.id;
 
 -- name: job_finish_retry
+-- A job someone asked to cancel is not tried again: it ends cancelled.
 UPDATE hydrapool_jobs
-SET state = 'retrying',
+SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'retrying' END,
+    finished_at = CASE WHEN cancel_requested THEN :now ELSE finished_at END,
     run_at = :now + json_extract(f.value, '$.delay'),
     error = json_extract(f.value, '$.error'),
     lease = NULL, lease_expires_at = NULL, worker = NULL
@@ -104,7 +106,9 @@ RETURNING hydrapool_jobs.id;
 
 -- name: job_finish_hand_back
 UPDATE hydrapool_jobs
-SET state = 'queued', run_at = :now, attempts = attempts - 1,
+SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+    finished_at = CASE WHEN cancel_requested THEN :now ELSE finished_at END,
+    run_at = :now, attempts = attempts - 1,
     lease = NULL, lease_expires_at = NULL, worker = NULL
 FROM json_each(:batch) AS f
 WHERE hydrapool_jobs.id = json_extract(f.value, '$.id')
