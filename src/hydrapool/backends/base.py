@@ -44,6 +44,7 @@ class NewJob:
     delay: float = 0.0  # seconds from the backend's now
     run_at: float | None = None  # absolute epoch seconds; wins over delay
     max_processing: float | None = None  # cap on one run, heartbeats or not
+    dedup_key: str | None = None  # at most one not-yet-started job per key per channel
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,8 @@ class JobRecord:
     worker: str | None = None
     max_processing: float | None = None
     cancel_requested: bool = False
+    dedup_key: str | None = None
+    deduplicated: bool = False  # returned by an insert that found this job already waiting
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +160,11 @@ class Backend(Protocol):
         """The backend's clock, epoch seconds."""
 
     async def job_insert_many(self, queue: str, jobs: Sequence[NewJob]) -> list[JobRecord]:
-        """Insert atomically (all or none); a job into a full channel is stored ``dropped``."""
+        """Insert atomically (all or none); a job into a full channel is stored ``dropped``.
+
+        A job whose ``dedup_key`` matches a not-yet-started job of the same
+        channel is not inserted: that job is returned with ``deduplicated``.
+        """
 
     async def job_claim(self, params: ClaimParams) -> list[Claim]:
         """Claim due jobs: priority first, then round-robin over channels, within limits."""

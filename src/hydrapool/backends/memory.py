@@ -76,9 +76,14 @@ class MemoryBackend:
         now = time.time()
         sizes: dict[str, int] = {}
         records = []
+        pending: dict[tuple[str, str], JobRecord] = {}  # dedup keys inserted by this call
         for new in jobs:
             if new.id in data.jobs:
                 raise ValueError(f"job id {new.id!r} already exists in queue {queue!r}")
+            twin = self._dedup_twin(data, pending, new)
+            if twin is not None:
+                records.append(replace(twin, deduplicated=True))
+                continue
             size = sizes.get(new.channel)
             if size is None:
                 size = sum(
@@ -106,12 +111,36 @@ class MemoryBackend:
                 finished_at=now if full else None,
                 error="channel full" if full else None,
                 max_processing=new.max_processing,
+                dedup_key=new.dedup_key,
             )
             records.append(record)
+            if new.dedup_key is not None and state != "dropped":
+                pending[(new.channel, new.dedup_key)] = record
         for record in records:
-            data.jobs[record.id] = record
-            data.order[record.id] = next(self._arrivals)
+            if not record.deduplicated:
+                data.jobs[record.id] = record
+                data.order[record.id] = next(self._arrivals)
         return records
+
+    @staticmethod
+    def _dedup_twin(
+        data: _QueueData, pending: dict[tuple[str, str], JobRecord], new: NewJob
+    ) -> JobRecord | None:
+        """A not-yet-started job of the same channel and dedup key, if any."""
+        if new.dedup_key is None:
+            return None
+        twin = pending.get((new.channel, new.dedup_key))
+        if twin is not None:
+            return twin
+        for job in data.jobs.values():
+            if (
+                job.dedup_key == new.dedup_key
+                and job.channel == new.channel
+                and job.started_at is None
+                and job.state in ("waiting", "queued")
+            ):
+                return job
+        return None
 
     def _candidates(self, data: _QueueData, params: ClaimParams, now: float) -> list[Candidates]:
         running: dict[str, int] = {}

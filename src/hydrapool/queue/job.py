@@ -99,6 +99,10 @@ class Job:
     finished_at: float | None = None
     error: str | None = None
     return_value: Any = None
+    dedup_key: str | None = None
+    #: True when this enqueue found a not-yet-started job with the same dedup key
+    #: and returned it instead of storing a new one
+    deduplicated: bool = False
     queue_ref: Any = field(default=None, repr=False, compare=False)
 
     @property

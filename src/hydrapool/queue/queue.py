@@ -73,6 +73,16 @@ def _positive(name: str, value: object) -> float | None:
     return float(value)  # type: ignore[arg-type]
 
 
+def _dedup_key(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"dedup_key must be a string, got {value!r}")
+    if not 1 <= len(value) <= 500:
+        raise ValueError(f"dedup_key must be 1-500 characters long, got {len(value)}: {value!r}")
+    return value
+
+
 def _priority(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"priority must be an int, got {value!r}")
@@ -158,6 +168,7 @@ class TaskCall(Generic[P, R]):
     retry: Retry | None
     timeout: float | None
     max_processing: float | None
+    dedup_key: str | None = None
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """Store one job of this task with these options."""
@@ -178,6 +189,7 @@ class TaskCall(Generic[P, R]):
             delay=self.delay,
             run_at=self.run_at,
             max_processing=self.max_processing,
+            dedup_key=self.dedup_key,
         )
 
 
@@ -214,8 +226,13 @@ class Task(Generic[P, R]):
         retry: Retry | None = None,
         timeout: float | None = None,
         max_processing: float | None = None,
+        dedup_key: str | None = None,
     ) -> TaskCall[P, R]:
-        """Bind enqueue options; ``.enqueue(...)`` on the result stores the job."""
+        """Bind enqueue options; ``.enqueue(...)`` on the result stores the job.
+
+        ``dedup_key``: while a job of this channel with the same key has not
+        started, enqueueing another returns that job (``job.deduplicated``).
+        """
         if delay is not None and run_at is not None:
             raise ValueError("give delay= or run_at=, not both")
         if priority is not None:
@@ -236,6 +253,7 @@ class Task(Generic[P, R]):
                 if max_processing is not None
                 else self.max_processing
             ),
+            dedup_key=_dedup_key(dedup_key),
         )
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
@@ -426,6 +444,8 @@ class Queue:
             finished_at=record.finished_at,
             error=record.error,
             return_value=value,
+            dedup_key=record.dedup_key,
+            deduplicated=record.deduplicated,
             queue_ref=self,
         )
 

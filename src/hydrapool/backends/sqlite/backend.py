@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -83,6 +84,7 @@ def _new_record(
         finished_at=now if full else None,
         error="channel full" if full else None,
         max_processing=new.max_processing,
+        dedup_key=new.dedup_key,
     )
 
 
@@ -196,6 +198,14 @@ class SqliteBackend:
         sizes: dict[str, tuple[int, int | None]] = {}
         with self._write(conn):
             for new in jobs:
+                if new.dedup_key is not None:
+                    twin = conn.execute(
+                        Q["job_dedup_find"],
+                        {"queue": queue, "channel": new.channel, "dedup_key": new.dedup_key},
+                    ).fetchone()
+                    if twin is not None:
+                        out.append(replace(_record(twin), deduplicated=True))
+                        continue
                 if new.channel not in sizes:
                     conn.execute(Q["channel_touch"], {"queue": queue, "channel": new.channel})
                     policy = conn.execute(
@@ -225,6 +235,7 @@ class SqliteBackend:
                     "finished_at": now if full else None,
                     "error": "channel full" if full else None,
                     "max_processing": new.max_processing,
+                    "dedup_key": new.dedup_key,
                 }
                 conn.execute(Q["job_insert"], params)
                 out.append(_new_record(queue, new, state, now, run_at, full))

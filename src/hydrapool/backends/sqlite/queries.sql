@@ -16,10 +16,15 @@ INSERT INTO hydrapool_migrations (version, name, applied_at) VALUES (:version, :
 -- name: job_insert
 INSERT INTO hydrapool_jobs
     (id, queue, task, channel, state, priority, max_attempts, payload,
-     created_at, run_at, finished_at, error, max_processing)
+     created_at, run_at, finished_at, error, max_processing, dedup_key)
 VALUES
     (:id, :queue, :task, :channel, :state, :priority, :max_attempts, :payload,
-     :now, :run_at, :finished_at, :error, :max_processing);
+     :now, :run_at, :finished_at, :error, :max_processing, :dedup_key);
+
+-- name: job_dedup_find
+SELECT * FROM hydrapool_jobs INDEXED BY hydrapool_jobs_dedup
+WHERE queue = :queue AND channel = :channel AND dedup_key = :dedup_key
+  AND started_at IS NULL AND state IN ('waiting', 'queued');
 
 -- name: channel_touch
 INSERT OR IGNORE INTO hydrapool_channels (queue, channel) VALUES (:queue, :channel);
