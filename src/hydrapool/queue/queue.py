@@ -39,13 +39,13 @@ __all__ = ["Channel", "Queue", "QueueSnapshot", "Task", "TaskCall"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}")
 DEFAULT_CHANNEL = "default"
 
 
 def check_name(kind: str, name: object) -> str:
     """Queue, task and channel names: 1-200 of letters, digits and ``_ . : -``."""
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise ValueError(
             f"{kind} name {name!r} is invalid: use 1-200 characters of letters, digits "
             "and _ . : - (not starting with . : or -)"
@@ -80,12 +80,21 @@ def _dedup_key(value: object) -> str | None:
         raise TypeError(f"dedup_key must be a string, got {value!r}")
     if not 1 <= len(value) <= 500:
         raise ValueError(f"dedup_key must be 1-500 characters long, got {len(value)}: {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"dedup_key must be valid UTF-8 text, got {value!r}") from None
     return value
+
+
+INT64 = range(-(2**63), 2**63)  # what every backend can store
 
 
 def _priority(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"priority must be an int, got {value!r}")
+    if value not in INT64:
+        raise ValueError(f"priority must fit in 64 bits, got {value!r}")
     return value
 
 
@@ -96,6 +105,8 @@ def _count(name: str, value: object, *, minimum: int = 1) -> int | None:
         raise TypeError(f"{name} must be an int or None, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if value not in INT64:
+        raise ValueError(f"{name} must fit in 64 bits, got {value!r}")
     return value
 
 
@@ -323,6 +334,7 @@ class Queue:
         self.backend: Backend = backend if backend is not None else backend_from_url(url)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._opened = False
+        self._opening = asyncio.Lock()
         self._local_workers: set[Worker] = set()
         self._ended: dict[str, asyncio.Event] = {}
 
@@ -539,8 +551,10 @@ class Queue:
 
     async def _backend_ready(self) -> Backend:
         if not self._opened:
-            await self.backend.open()
-            self._opened = True
+            async with self._opening:  # many first uses at once open the store once
+                if not self._opened:
+                    await self.backend.open()
+                    self._opened = True
         return self.backend
 
     async def close(self) -> None:

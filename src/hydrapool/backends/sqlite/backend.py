@@ -106,6 +106,8 @@ class SqliteBackend:
         self._conn: sqlite3.Connection | None = None
         self._wakers: dict[str, asyncio.Event] = {}
         self._opened = False
+        self._opening = asyncio.Lock()
+        self._claimed_version: int | None = None
 
     # ── the connection thread ──────────────────────────────────────────────
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -131,10 +133,15 @@ class SqliteBackend:
 
     @staticmethod
     @contextmanager
-    def _write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    def _write(conn: sqlite3.Connection) -> Iterator[float]:
+        """A write transaction; yields the time read *after* the write lock was taken.
+
+        Reading the clock before ``BEGIN IMMEDIATE`` would date a claim from
+        before a wait for the lock, handing out a lease already partly spent.
+        """
         conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
+            yield time.time()
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -157,12 +164,18 @@ class SqliteBackend:
         return applied
 
     async def open(self) -> None:
-        """Open the file (creating it and its schema if needed)."""
-        if self._opened:
-            return
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="hydrapool-sqlite")
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._connect)
-        self._opened = True
+        """Open the file (creating it and its schema if needed); safe to call concurrently."""
+        async with self._opening:
+            if self._opened:
+                return
+            executor = ThreadPoolExecutor(1, thread_name_prefix="hydrapool-sqlite")
+            try:
+                await asyncio.get_running_loop().run_in_executor(executor, self._connect)
+            except BaseException:
+                executor.shutdown(wait=False)
+                raise
+            self._executor = executor
+            self._opened = True
 
     async def close(self) -> None:
         """Close the connection and its thread."""
@@ -193,10 +206,9 @@ class SqliteBackend:
     def _insert(
         self, conn: sqlite3.Connection, queue: str, jobs: Sequence[NewJob]
     ) -> list[JobRecord]:
-        now = time.time()
         out = []
         sizes: dict[str, tuple[int, int | None]] = {}
-        with self._write(conn):
+        with self._write(conn) as now:
             for new in jobs:
                 if new.dedup_key is not None:
                     twin = conn.execute(
@@ -246,9 +258,10 @@ class SqliteBackend:
         return await self._run(lambda conn: self._claim(conn, params))
 
     def _claim(self, conn: sqlite3.Connection, params: ClaimParams) -> list[Claim]:
-        now = time.time()
         q = {"queue": params.queue}
-        with self._write(conn):
+        with self._write(conn) as now:
+            # What this claim saw: work_wait wakes on any commit after it.
+            self._claimed_version = _data_version(conn)
             limits = conn.execute(Q["queue_get"], q).fetchone()
             counter = limits["counter"] if limits else 0
             slots = params.limit
@@ -293,7 +306,7 @@ class SqliteBackend:
         running = dict(conn.execute(Q["channel_running"], q).fetchall())
         wanted = None if params.channels is None else set(params.channels)
         out = []
-        for meta in conn.execute(Q["channel_meta"], q).fetchall():
+        for meta in conn.execute(Q["channel_meta"], {**q, "now": now}).fetchall():
             channel = meta["channel"]
             if wanted is not None and channel not in wanted:
                 continue
@@ -319,9 +332,8 @@ class SqliteBackend:
     def _heartbeat(
         self, conn: sqlite3.Connection, queue: str, leases: Mapping[str, str], lease: float
     ) -> Heartbeat:
-        now = time.time()
         kept, cancel = set(), set()
-        with self._write(conn):
+        with self._write(conn) as now:
             for job_id, token in leases.items():
                 row = conn.execute(
                     Q["job_heartbeat"],
@@ -368,8 +380,7 @@ class SqliteBackend:
                 }
             )
         applied: set[str] = set()
-        now = time.time()
-        with self._write(conn):
+        with self._write(conn) as now:
             for kind, batch in groups.items():
                 if batch:
                     rows = conn.execute(
@@ -384,8 +395,8 @@ class SqliteBackend:
         """Cancel a job not yet running; flag a running one."""
 
         def cancel(conn: sqlite3.Connection) -> JobRecord | None:
-            params = {"queue": queue, "id": job_id, "now": time.time()}
-            with self._write(conn):
+            with self._write(conn) as now:
+                params = {"queue": queue, "id": job_id, "now": now}
                 if conn.execute(Q["job_cancel_waiting"], params).rowcount == 0:
                     conn.execute(Q["job_cancel_running"], params)
                 row = conn.execute(Q["job_get"], params).fetchone()
@@ -415,8 +426,7 @@ class SqliteBackend:
         """Running jobs past their lease or max_processing (the latter get an expired lease)."""
 
         def expired(conn: sqlite3.Connection) -> list[JobRecord]:
-            now = time.time()
-            with self._write(conn):
+            with self._write(conn) as now:
                 rows = conn.execute(
                     Q["job_expired"], {"queue": queue, "now": now, "limit": limit}
                 ).fetchall()
@@ -436,10 +446,8 @@ class SqliteBackend:
         """waiting/retrying -> queued once due."""
 
         def release(conn: sqlite3.Connection) -> int:
-            with self._write(conn):
-                return conn.execute(
-                    Q["job_release_due"], {"queue": queue, "now": time.time()}
-                ).rowcount
+            with self._write(conn) as now:
+                return conn.execute(Q["job_release_due"], {"queue": queue, "now": now}).rowcount
 
         return await self._run(release)
 
@@ -447,10 +455,12 @@ class SqliteBackend:
         """Delete jobs that ended long enough ago."""
 
         def delete(conn: sqlite3.Connection) -> int:
-            with self._write(conn):
-                return conn.execute(
-                    Q["job_delete_finished"], {"queue": queue, "cutoff": time.time() - older_than}
+            with self._write(conn) as now:
+                deleted = conn.execute(
+                    Q["job_delete_finished"], {"queue": queue, "cutoff": now - older_than}
                 ).rowcount
+                conn.execute(Q["channel_prune"], {"queue": queue})
+                return deleted
 
         return await self._run(delete)
 
@@ -506,8 +516,8 @@ class SqliteBackend:
         """Take or renew a named lease."""
 
         def take(conn: sqlite3.Connection) -> bool:
-            params = {"queue": queue, "name": name, "owner": owner, "now": time.time(), "ttl": ttl}
-            with self._write(conn):
+            with self._write(conn) as now:
+                params = {"queue": queue, "name": name, "owner": owner, "now": now, "ttl": ttl}
                 return conn.execute(Q["leader_try"], params).fetchone() is not None
 
         return await self._run(take)
@@ -518,7 +528,9 @@ class SqliteBackend:
         event = self._wakers.setdefault(queue, asyncio.Event())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        seen = await self._run(_data_version)
+        seen = self._claimed_version
+        if seen is None:
+            seen = await self._run(_data_version)
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:

@@ -37,7 +37,24 @@ WHERE queue = :queue AND channel = :channel AND state IN ('waiting', 'queued', '
 SELECT max_concurrency, max_size FROM hydrapool_channels WHERE queue = :queue AND channel = :channel;
 
 -- name: channel_meta
-SELECT channel, max_concurrency, last_served FROM hydrapool_channels WHERE queue = :queue;
+-- Only channels with a due job (one index probe each, inside SQLite).
+SELECT c.channel, c.max_concurrency, c.last_served FROM hydrapool_channels AS c
+WHERE c.queue = :queue
+  AND EXISTS (
+      SELECT 1 FROM hydrapool_jobs AS j INDEXED BY hydrapool_jobs_head
+      WHERE j.queue = c.queue AND j.channel = c.channel
+        AND j.state IN ('waiting', 'queued', 'retrying') AND j.run_at <= :now
+  );
+
+-- name: channel_prune
+-- Forget channels with no policy and no job that has not ended (retention pass).
+DELETE FROM hydrapool_channels
+WHERE queue = :queue AND max_concurrency IS NULL AND max_size IS NULL
+  AND NOT EXISTS (
+      SELECT 1 FROM hydrapool_jobs AS j
+      WHERE j.queue = hydrapool_channels.queue AND j.channel = hydrapool_channels.channel
+        AND j.state IN ('waiting', 'queued', 'retrying', 'running')
+  );
 
 -- name: channel_running
 SELECT channel, COUNT(*) FROM hydrapool_jobs
