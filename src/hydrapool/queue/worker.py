@@ -20,9 +20,7 @@ import functools
 import json
 import logging
 import os
-import signal
 import socket
-import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from typing import Any
 from hydrapool._callables import call_maybe_async
 from hydrapool.backends.base import Claim, ClaimParams, Finish
 from hydrapool.exceptions import Fail, PayloadError
+from hydrapool.queue import _signals
 from hydrapool.queue.coordinator import Coordinator
 from hydrapool.queue.queue import Queue, Task, check_name, retry_from_json
 
@@ -102,6 +101,10 @@ class Worker:
         self.concurrency = concurrency
         self.lease = float(lease)
         self.grace = float(grace)
+        if channels is not None and not channels:
+            raise ValueError(
+                "Worker channels=[] would serve nothing: name channels, or None for all"
+            )
         self.channels = (
             None if channels is None else tuple(check_name("channel", c) for c in channels)
         )
@@ -114,7 +117,7 @@ class Worker:
             else None
         )
         self._running: dict[str, tuple[Claim, asyncio.Task[None]]] = {}
-        self._reasons: dict[str, str] = {}
+        self._reasons: dict[asyncio.Task[None], str] = {}  # why we cancelled a run
         self._finishes: list[Finish] = []
         self._flushing: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -142,26 +145,36 @@ class Worker:
         helpers = [asyncio.create_task(self._heartbeats())]
         if self._coordinator is not None:
             helpers.append(asyncio.create_task(self._coordinator.run(self._stop)))
-        installed = self._install_signals()
+        _signals.register(self, self.handle_signals)
         try:
             while not self._stop.is_set():
-                free = self.concurrency - len(self._running)
-                claims: list[Claim] = []
-                if free > 0:
-                    params = ClaimParams(self.queue.name, self.id, free, self.lease, self.channels)
-                    claims = await backend.job_claim(params)
-                    for claim in claims:
-                        self._start(claim)
+                claims = await self._claim_some(backend)
                 if not claims or len(self._running) >= self.concurrency:
                     await self._wait(full=len(self._running) >= self.concurrency)
-            await self._shut_down()
         finally:
+            await self._shut_down()  # also when the loop itself failed: hand jobs back
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            self._remove_signals(installed)
+            _signals.unregister(self)
             self.queue._local_workers.discard(self)
             self._stop.clear()  # the worker may run again
+
+    async def _claim_some(self, backend: Any) -> list[Claim]:
+        free = self.concurrency - len(self._running)
+        if free <= 0:
+            return []
+        params = ClaimParams(self.queue.name, self.id, free, self.lease, self.channels)
+        try:
+            claims: list[Claim] = await backend.job_claim(params)
+        except Exception:  # a locked or unreachable store: back off, never die
+            logger.exception("claiming jobs failed; retrying shortly")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 1.0)
+            return []
+        for claim in claims:
+            self._start(claim)
+        return claims
 
     async def _wait(self, *, full: bool) -> None:
         self._slot_freed.clear()
@@ -183,38 +196,30 @@ class Worker:
         running = [task for _, task in self._running.values()]
         if running:
             await asyncio.wait(running, timeout=self.grace)
-        for job_id, (_, task) in list(self._running.items()):
-            self._reasons[job_id] = _HAND_BACK
+        for _, task in list(self._running.values()):
+            self._reasons.setdefault(task, _HAND_BACK)
             task.cancel()
         await asyncio.gather(*(t for _, t in self._running.values()), return_exceptions=True)
+        if self._flushing is not None:
+            await asyncio.gather(self._flushing, return_exceptions=True)
         await self._flush()
-
-    def _install_signals(self) -> list[signal.Signals]:
-        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
-            return []
-        loop = asyncio.get_running_loop()
-        installed = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.stop)
-                installed.append(sig)
-        return installed
-
-    @staticmethod
-    def _remove_signals(installed: list[signal.Signals]) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in installed:
-            loop.remove_signal_handler(sig)
 
     # ── running one job ────────────────────────────────────────────────────
     def _start(self, claim: Claim) -> None:
+        job_id = claim.job.id
+        older = self._running.get(job_id)
+        if older is not None:  # rescued and claimed again while an old run hangs on
+            self._reasons.setdefault(older[1], _LEASE_LOST)
+            older[1].cancel()
         task = asyncio.create_task(self._execute(claim))
-        self._running[claim.job.id] = (claim, task)
-        task.add_done_callback(lambda _: self._ended(claim.job.id))
+        self._running[job_id] = (claim, task)
+        task.add_done_callback(lambda t: self._ended(job_id, t))
 
-    def _ended(self, job_id: str) -> None:
-        self._running.pop(job_id, None)
-        self._reasons.pop(job_id, None)
+    def _ended(self, job_id: str, task: asyncio.Task[None]) -> None:
+        entry = self._running.get(job_id)
+        if entry is not None and entry[1] is task:  # never remove a newer run's entry
+            del self._running[job_id]
+        self._reasons.pop(task, None)
         self._slot_freed.set()
 
     async def _execute(self, claim: Claim) -> None:
@@ -227,11 +232,15 @@ class Worker:
             if task is None:
                 raise LookupError(f"no task named {job.task!r} is registered in this worker")
             value = await self._call(task, payload)
-        except asyncio.CancelledError:
-            reason = self._reasons.get(job.id)
-            if reason is None:
+        except asyncio.CancelledError as exc:
+            me = asyncio.current_task()
+            reason = self._reasons.get(me) if me is not None else None
+            if reason is not None:
+                self._cancelled(claim, reason)
+                return
+            if me is not None and me.cancelling():
                 raise  # the worker itself is being torn down
-            self._cancelled(claim, reason)
+            self._failed(claim, exc, payload, task)  # the task raised it itself
             return
         except Exception as exc:
             self._failed(claim, exc, payload, task)
@@ -297,10 +306,7 @@ class Worker:
             )
 
     def _cancel_local(self, job_id: str) -> None:
-        entry = self._running.get(job_id)
-        if entry is not None and job_id not in self._reasons:
-            self._reasons[job_id] = _CANCEL
-            entry[1].cancel()
+        self._abandon(job_id, _CANCEL)
 
     # ── reports and heartbeats ─────────────────────────────────────────────
     def _report(self, finish: Finish, outcome: str) -> None:
@@ -312,13 +318,7 @@ class Worker:
     async def _flush(self) -> None:
         while self._finishes:
             batch, self._finishes = self._finishes, []
-            try:
-                applied = await self.queue.backend.job_finish_many(self.queue.name, batch)
-            except Exception:
-                logger.exception("could not record %d job outcomes; retrying", len(batch))
-                self._finishes[:0] = batch
-                await asyncio.sleep(0.5)
-                continue
+            applied = await self._record(batch)
             for finish, ok in zip(batch, applied, strict=True):
                 self._counts["refused" if not ok else _OUTCOME[finish.state]] += 1
                 if not ok:
@@ -328,13 +328,33 @@ class Worker:
                         finish.job_id,
                         finish.state,
                     )
-                elif finish.state in ("succeeded", "failed", "cancelled"):
+                else:  # a cancel request may have turned a retry into an end: wake waiters
                     self.queue._job_ended(finish.job_id)
             if any(
                 ok and f.state in ("retrying", "queued")
                 for f, ok in zip(batch, applied, strict=True)
             ):
                 self.queue._notify()
+
+    async def _record(self, batch: list[Finish]) -> list[bool]:
+        """Store reports; if the batch fails, each on its own, so one bad report blocks none."""
+        backend = self.queue.backend
+        for pause in (0.0, 0.2, 1.0):
+            await asyncio.sleep(pause)
+            try:
+                return list(await backend.job_finish_many(self.queue.name, batch))
+            except Exception:
+                logger.exception("could not record %d job outcomes", len(batch))
+        applied = []
+        for finish in batch:
+            try:
+                applied += await backend.job_finish_many(self.queue.name, [finish])
+            except Exception:
+                logger.exception(
+                    "dropping the report on job %s: it cannot be stored", finish.job_id
+                )
+                applied.append(False)
+        return applied
 
     async def _heartbeats(self) -> None:
         backend = self.queue.backend
@@ -356,11 +376,13 @@ class Worker:
 
     def _abandon(self, job_id: str, reason: str) -> None:
         entry = self._running.get(job_id)
-        if entry is not None and job_id not in self._reasons:
-            self._reasons[job_id] = reason
+        if entry is not None and entry[1] not in self._reasons:
+            self._reasons[entry[1]] = reason
             entry[1].cancel()
 
 
 def _text(exc: BaseException) -> str:
+    """The error as stored: always valid UTF-8 (a file name may carry lone surrogates)."""
     message = str(exc)
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
