@@ -109,7 +109,7 @@ def _status_table(queue: Queue, snap: QueueSnapshot) -> Table:
 @_queue_options
 def status(target: str | None, url: str | None, name: str | None) -> None:
     """hydrapool status."""
-    queue = load_queue(target, url, name)
+    queue = load_queue(target, url, name, must_exist=True)
 
     async def go() -> QueueSnapshot:
         async with queue:
@@ -136,7 +136,7 @@ def jobs(
     limit: int,
 ) -> None:
     """hydrapool jobs."""
-    queue = load_queue(target, url, name)
+    queue = load_queue(target, url, name, must_exist=True)
 
     async def go() -> list[Job]:
         async with queue:
@@ -187,7 +187,7 @@ def enqueue(
 @click.option("--name")
 def cancel(job_id: str, url: str | None, name: str | None) -> None:
     """hydrapool cancel ID."""
-    queue = load_queue(None, url, name)
+    queue = load_queue(None, url, name, must_exist=True)
 
     async def go() -> Job | None:
         async with queue:

@@ -23,14 +23,21 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from hydrapool.exceptions import HydrapoolError
 from hydrapool.queue.job import Job
 from hydrapool.queue.queue import Queue
 
 T = TypeVar("T")
 
 
-def load_queue(target: str | None, url: str | None, name: str | None) -> Queue:
-    """The queue a command acts on: ``MODULE:ATTR``, else ``url`` and ``name``."""
+def load_queue(
+    target: str | None, url: str | None, name: str | None, *, must_exist: bool = False
+) -> Queue:
+    """The queue a command acts on: ``MODULE:ATTR``, else ``url`` and ``name``.
+
+    ``must_exist``: for commands that only read or change existing jobs, a
+    SQLite file that does not exist is an error, not a new empty database.
+    """
     if target:
         module_name, _, attr = target.partition(":")
         if not module_name or not attr:
@@ -42,7 +49,11 @@ def load_queue(target: str | None, url: str | None, name: str | None) -> Queue:
             raise ValueError(f"{target!r} is not an hp.Queue (got {type(queue).__name__})")
         return queue
     url = url or os.environ.get("HYDRAPOOL_URL") or "sqlite:///hydrapool.db"
-    return Queue(url, name=name or os.environ.get("HYDRAPOOL_QUEUE") or "default")
+    queue = Queue(url, name=name or os.environ.get("HYDRAPOOL_QUEUE") or "default")
+    path = getattr(queue.backend, "path", None)
+    if must_exist and path not in (None, ":memory:") and not os.path.exists(path):
+        raise ValueError(f"no database at {path!r} (from {url!r})")
+    return queue
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -91,7 +102,8 @@ def main() -> None:
         )
     try:
         cli()
-    except ValueError as exc:  # bad targets and names: one clear line, no traceback
+    except (ValueError, OverflowError, HydrapoolError, LookupError, ImportError) as exc:
+        # bad targets, names, numbers and payloads: one clear line, no traceback
         sys.exit(f"hydrapool: {exc}")
 
 

@@ -18,6 +18,7 @@ from typing import Literal
 __all__ = ["Backoff", "Retry"]
 
 _KINDS = ("fixed", "linear", "exponential")
+MAX_DELAY = 365 * 86400.0  # a year: the longest wait any back-off returns
 
 
 def _seconds(name: str, value: object, *, allow_none: bool = False) -> float | None:
@@ -78,6 +79,8 @@ class Backoff:
     def delay(self, retry_number: int) -> float:
         """Seconds to wait before retry ``retry_number`` (1 for the first retry)."""
         n = max(1, retry_number)
+        if self.base == 0:
+            return 0.0
         if self.kind == "fixed":
             value = self.base
         elif self.kind == "linear":
@@ -89,7 +92,10 @@ class Backoff:
                 value = self.base * self.factor**exponent
             except OverflowError:
                 value = math.inf
-        return value if self.cap is None else min(value, self.cap)
+        if self.cap is not None:
+            return min(value, self.cap)
+        # Without a cap, a huge retry number must still give a number a store can keep.
+        return min(value, MAX_DELAY)
 
 
 def _exception_types(value: object) -> tuple[type[BaseException], ...]:

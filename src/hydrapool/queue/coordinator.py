@@ -58,8 +58,10 @@ class Coordinator:
     """Maintenance for one queue; ``run()`` loops, ``run_once()`` does one pass."""
 
     def __init__(self, queue: Queue, *, interval: float = 1.0, owner: str | None = None) -> None:
-        if not interval > 0:
-            raise ValueError(f"Coordinator interval must be > 0 seconds, got {interval!r}")
+        if not 0 < interval < 86400:
+            raise ValueError(
+                f"Coordinator interval must be between 0 and 86400 seconds, got {interval!r}"
+            )
         self.queue = queue
         self.interval = interval
         self.owner = owner or f"coordinator-{uuid.uuid4().hex[:12]}"
@@ -73,7 +75,7 @@ class Coordinator:
             return CoordinatorReport(leader=False)
         expired = await backend.job_expired(name, 500)
         decisions = [rescue_decision(r) for r in expired]
-        applied = await backend.job_finish_many(name, decisions) if decisions else []
+        applied = await self._apply(decisions)
         rescued = sum(
             1 for d, ok in zip(decisions, applied, strict=True) if ok and d.state != "failed"
         )
@@ -93,6 +95,24 @@ class Coordinator:
         if rescued or failed or released:
             self.queue._notify()
         return CoordinatorReport(True, rescued, failed, released, deleted)
+
+    async def _apply(self, decisions: list[Finish]) -> list[bool]:
+        """Store rescue decisions; one bad decision must not block the others."""
+        if not decisions:
+            return []
+        backend = self.queue.backend
+        try:
+            return list(await backend.job_finish_many(self.queue.name, decisions))
+        except Exception:
+            logger.exception("rescuing %d expired jobs at once failed; one by one", len(decisions))
+        applied = []
+        for decision in decisions:
+            try:
+                applied += await backend.job_finish_many(self.queue.name, [decision])
+            except Exception:
+                logger.exception("could not rescue job %s", decision.job_id)
+                applied.append(False)
+        return applied
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run passes every ``interval`` seconds until ``stop`` is set (or forever)."""
