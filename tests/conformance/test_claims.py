@@ -209,3 +209,20 @@ async def test_retention_deletes_old_ended_jobs(queue: hp.Queue) -> None:
     assert await queue.backend.job_delete_finished(queue.name, 0.01) == 1
     assert await queue.get_job(dropped.id) is None
     assert await queue.get_job(kept.id) is not None
+
+
+async def test_purge_deletes_ended_jobs_on_demand(queue: hp.Queue) -> None:
+    await queue.channel("full").set_policy(max_size=0)
+    dropped = await enqueue(queue, "d", channel="full")
+    waiting = await enqueue(queue, "w")
+    cancelled = await enqueue(queue, "c")
+    await queue.cancel(cancelled.id)
+    with pytest.raises(ValueError, match="'queued' jobs have not ended"):
+        await queue.purge(state="queued")
+    with pytest.raises(ValueError, match="not a valid JobState"):
+        await queue.purge(state="gone")
+    assert await queue.purge(state="dropped") == 1
+    assert await queue.get_job(dropped.id) is None
+    assert await queue.purge(older_than=3600) == 0, "the cancelled job is too recent"
+    assert await queue.purge() == 1
+    assert [j.id for j in await queue.jobs()] == [waiting.id]

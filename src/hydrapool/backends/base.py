@@ -194,8 +194,10 @@ class Backend(Protocol):
     async def job_release_due(self, queue: str) -> int:
         """Move due ``waiting``/``retrying`` jobs to ``queued``; returns how many."""
 
-    async def job_delete_finished(self, queue: str, older_than: float) -> int:
-        """Delete jobs that ended more than ``older_than`` seconds ago."""
+    async def job_delete_finished(
+        self, queue: str, older_than: float, *, state: str | None = None
+    ) -> int:
+        """Delete jobs that ended more than ``older_than`` seconds ago (of ``state`` only)."""
 
     async def pool_stats(self, queue: str) -> PoolSnapshot:
         """Counts by state and channel, running jobs, limits."""

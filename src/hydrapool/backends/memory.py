@@ -313,12 +313,18 @@ class MemoryBackend:
                 moved += 1
         return moved
 
-    async def job_delete_finished(self, queue: str, older_than: float) -> int:
-        """Delete jobs that ended long enough ago."""
+    async def job_delete_finished(
+        self, queue: str, older_than: float, *, state: str | None = None
+    ) -> int:
+        """Delete jobs that ended long enough ago (of one state, if given)."""
         data = self._q(queue)
         cutoff = time.time() - older_than
         old = [
-            j.id for j in data.jobs.values() if j.finished_at is not None and j.finished_at < cutoff
+            j.id
+            for j in data.jobs.values()
+            if j.finished_at is not None
+            and j.finished_at < cutoff
+            and (state is None or j.state == state)
         ]
         for job_id in old:
             del data.jobs[job_id]

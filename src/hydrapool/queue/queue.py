@@ -538,6 +538,25 @@ class Queue:
             self._job_ended(job_id)
         return self._job(record)
 
+    async def purge(self, *, state: JobState | str | None = None, older_than: float = 0.0) -> int:
+        """Delete ended jobs (and their results) now; returns how many.
+
+        ``state`` picks one ending (``succeeded``, ``failed``, ``cancelled`` or
+        ``dropped``); ``older_than`` keeps jobs that ended more recently (seconds).
+        Jobs that have not ended are never purged: cancel them first.
+        """
+        ending = None if state is None else JobState(state)
+        if ending is not None and ending not in TERMINAL:
+            raise ValueError(
+                f"purge deletes ended jobs only; {str(ending)!r} jobs have not ended "
+                "(cancel them first)"
+            )
+        age = _number("older_than", older_than)
+        backend = await self._backend_ready()
+        return await backend.job_delete_finished(
+            self.name, age, state=None if ending is None else str(ending)
+        )
+
     async def set_limits(self, *, max_concurrency: int | None = None) -> None:
         """Cap how many of this queue's jobs run at once, across every worker."""
         await (await self._backend_ready()).queue_limits_set(

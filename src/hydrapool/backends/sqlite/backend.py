@@ -451,13 +451,16 @@ class SqliteBackend:
 
         return await self._run(release)
 
-    async def job_delete_finished(self, queue: str, older_than: float) -> int:
-        """Delete jobs that ended long enough ago."""
+    async def job_delete_finished(
+        self, queue: str, older_than: float, *, state: str | None = None
+    ) -> int:
+        """Delete jobs that ended long enough ago (of one state, if given)."""
 
         def delete(conn: sqlite3.Connection) -> int:
             with self._write(conn) as now:
                 deleted = conn.execute(
-                    Q["job_delete_finished"], {"queue": queue, "cutoff": now - older_than}
+                    Q["job_delete_finished"],
+                    {"queue": queue, "cutoff": now - older_than, "state": state},
                 ).rowcount
                 conn.execute(Q["channel_prune"], {"queue": queue})
                 return deleted

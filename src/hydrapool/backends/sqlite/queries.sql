@@ -174,7 +174,8 @@ UPDATE hydrapool_jobs INDEXED BY hydrapool_jobs_due SET state = 'queued'
 WHERE queue = :queue AND state IN ('waiting', 'retrying') AND run_at <= :now;
 
 -- name: job_delete_finished
-DELETE FROM hydrapool_jobs WHERE queue = :queue AND finished_at < :cutoff;
+DELETE FROM hydrapool_jobs
+WHERE queue = :queue AND finished_at < :cutoff AND (:state IS NULL OR state = :state);
 
 -- name: stats_counts
 SELECT channel, state, COUNT(*) FROM hydrapool_jobs WHERE queue = :queue GROUP BY channel, state;
