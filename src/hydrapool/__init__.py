@@ -21,6 +21,7 @@ from hydrapool.pool import DrainResult, Pool, PoolStatistics
 from hydrapool.queue.coordinator import Coordinator, CoordinatorReport
 from hydrapool.queue.job import Job, JobState
 from hydrapool.queue.queue import Channel, Queue, QueueSnapshot, Task, TaskCall
+from hydrapool.queue.schedules import Schedule
 from hydrapool.queue.worker import Worker, WorkerStatistics
 from hydrapool.ratelimit import RateLimit
 from hydrapool.retry import Backoff, Retry
@@ -76,6 +77,7 @@ __all__ = [
     "Reschedule",
     "Retry",
     "RetryAfter",
+    "Schedule",
     "Scheduler",
     "SchedulerStatistics",
     "StopGroup",

@@ -28,6 +28,7 @@ __all__ = [
     "JobRecord",
     "NewJob",
     "PoolSnapshot",
+    "ScheduleRecord",
 ]
 
 
@@ -73,6 +74,23 @@ class JobRecord:
     cancel_requested: bool = False
     dedup_key: str | None = None
     deduplicated: bool = False  # returned by an insert that found this job already waiting
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRecord:
+    """A named recurring enqueue. ``spec`` (JSON text) is read by the core only."""
+
+    queue: str
+    channel: str
+    name: str
+    spec: str
+    task: str
+    payload: str
+    priority: int
+    max_attempts: int
+    max_processing: float | None
+    next_run: float
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +228,24 @@ class Backend(Protocol):
 
     async def queue_limits_set(self, queue: str, max_concurrency: int | None) -> None:
         """Cap how many jobs of the queue run at once (None: no cap)."""
+
+    async def schedule_upsert(self, record: ScheduleRecord) -> None:
+        """Create or replace a schedule (by queue, channel and name)."""
+
+    async def schedule_delete(self, queue: str, channel: str, name: str) -> bool:
+        """Remove a schedule; False if there was none."""
+
+    async def schedule_list(self, queue: str) -> list[ScheduleRecord]:
+        """Every schedule of the queue."""
+
+    async def schedule_due(self, queue: str, limit: int) -> list[ScheduleRecord]:
+        """Schedules whose next run has come."""
+
+    async def schedule_fire(
+        self, record: ScheduleRecord, next_run: float, job: NewJob
+    ) -> JobRecord | None:
+        """Atomically move the schedule from ``record.next_run`` to ``next_run`` and
+        insert ``job``; None (nothing inserted) if another coordinator fired it first."""
 
     async def leader_try(self, queue: str, name: str, owner: str, ttl: float) -> bool:
         """Take or renew the named lease for ``owner``; True if ``owner`` holds it now."""

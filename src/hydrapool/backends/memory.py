@@ -11,7 +11,7 @@ import itertools
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from hydrapool.backends._fair import Candidates, pick
 from hydrapool.backends.base import (
@@ -23,6 +23,7 @@ from hydrapool.backends.base import (
     JobRecord,
     NewJob,
     PoolSnapshot,
+    ScheduleRecord,
 )
 
 WAITING_STATES = ("waiting", "queued", "retrying")  # not running, not ended
@@ -37,6 +38,7 @@ class _QueueData:
     last_served: dict[str, int]
     counter: int = 0
     max_concurrency: int | None = None
+    schedules: dict[tuple[str, str], ScheduleRecord] = field(default_factory=dict)
 
 
 class MemoryBackend:
@@ -356,6 +358,39 @@ class MemoryBackend:
     async def queue_limits_set(self, queue: str, max_concurrency: int | None) -> None:
         """Cap the queue."""
         self._q(queue).max_concurrency = max_concurrency
+
+    # ── schedules ──────────────────────────────────────────────────────────
+    async def schedule_upsert(self, record: ScheduleRecord) -> None:
+        """Create or replace a schedule."""
+        key = (record.channel, record.name)
+        old = self._q(record.queue).schedules.get(key)
+        created = old.created_at if old is not None else time.time()
+        self._q(record.queue).schedules[key] = replace(record, created_at=created)
+
+    async def schedule_delete(self, queue: str, channel: str, name: str) -> bool:
+        """Remove a schedule."""
+        return self._q(queue).schedules.pop((channel, name), None) is not None
+
+    async def schedule_list(self, queue: str) -> list[ScheduleRecord]:
+        """Every schedule of the queue."""
+        return [r for _, r in sorted(self._q(queue).schedules.items())]
+
+    async def schedule_due(self, queue: str, limit: int) -> list[ScheduleRecord]:
+        """Schedules whose next run has come."""
+        now = time.time()
+        due = [r for r in self._q(queue).schedules.values() if r.next_run <= now]
+        return sorted(due, key=lambda r: r.next_run)[:limit]
+
+    async def schedule_fire(
+        self, record: ScheduleRecord, next_run: float, job: NewJob
+    ) -> JobRecord | None:
+        """Advance the schedule (compare-and-set on next_run) and insert its job."""
+        schedules = self._q(record.queue).schedules
+        current = schedules.get((record.channel, record.name))
+        if current is None or current.next_run != record.next_run:
+            return None
+        schedules[(record.channel, record.name)] = replace(current, next_run=next_run)
+        return (await self.job_insert_many(record.queue, [job]))[0]
 
     async def leader_try(self, queue: str, name: str, owner: str, ttl: float) -> bool:
         """Take or renew a named lease."""

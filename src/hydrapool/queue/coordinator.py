@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from hydrapool.backends.base import Finish, JobRecord
 from hydrapool.queue.queue import retry_from_json
+from hydrapool.queue.schedules import next_run, tick_job
 
 if TYPE_CHECKING:
     from hydrapool.queue.queue import Queue
@@ -39,6 +40,7 @@ class CoordinatorReport:
     failed: int = 0  # expired jobs with no attempt left
     released: int = 0
     deleted: int = 0
+    fired: int = 0  # schedule ticks that enqueued a job
 
 
 def rescue_decision(record: JobRecord) -> Finish:
@@ -88,13 +90,30 @@ class Coordinator:
                 if decision.state == "failed":
                     self.queue._job_ended(decision.job_id)
         released = await backend.job_release_due(name)
+        fired = await self._fire_schedules()
         deleted = 0
         self._passes += 1
         if self._passes % 60 == 1:
             deleted = await backend.job_delete_finished(name, self.queue.retention)
-        if rescued or failed or released:
+        if rescued or failed or released or fired:
             self.queue._notify()
-        return CoordinatorReport(True, rescued, failed, released, deleted)
+        return CoordinatorReport(True, rescued, failed, released, deleted, fired)
+
+    async def _fire_schedules(self) -> int:
+        """Enqueue one job for every due schedule; missed ticks fire once."""
+        backend = self.queue.backend
+        fired = 0
+        for record in await backend.schedule_due(self.queue.name, 100):
+            after = max(record.next_run, await backend.now())
+            try:
+                job = await backend.schedule_fire(
+                    record, next_run(record.spec, after), tick_job(record)
+                )
+            except Exception:
+                logger.exception("schedule %r could not fire", record.name)
+                continue
+            fired += job is not None
+        return fired
 
     async def _apply(self, decisions: list[Finish]) -> list[bool]:
         """Store rescue decisions; one bad decision must not block the others."""

@@ -22,14 +22,16 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from hydrapool._callables import is_async_callable
 from hydrapool.backends import backend_from_url
-from hydrapool.backends.base import Backend, ChannelPolicy, JobRecord, NewJob
+from hydrapool.backends.base import Backend, ChannelPolicy, JobRecord, NewJob, ScheduleRecord
 from hydrapool.exceptions import JobFailed, PayloadError
 from hydrapool.queue.job import TERMINAL, Job, JobState
+from hydrapool.queue.schedules import Schedule, next_run, spec_json
+from hydrapool.queue.schedules import snapshot as schedule_snapshot
 from hydrapool.retry import Backoff, Retry
 
 if TYPE_CHECKING:
@@ -556,6 +558,59 @@ class Queue:
         return await backend.job_delete_finished(
             self.name, age, state=None if ending is None else str(ending)
         )
+
+    # ── schedules ──────────────────────────────────────────────────────────
+    async def schedule(
+        self,
+        name: str,
+        *,
+        task: str | Task[Any, Any],
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        tz: str | None = None,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        channel: str | None = None,
+        **options: Any,
+    ) -> Schedule:
+        """Enqueue ``task(*args, **kwargs)`` on every tick of ``cron`` (or ``every`` seconds).
+
+        ``name`` is scoped to the channel; scheduling an existing name
+        replaces it. Each tick enqueues exactly once, however many
+        coordinators run; ticks missed while nothing ran fire once, not N
+        times. ``options`` are the task's enqueue options (priority, retry, ...).
+        """
+        check_name("schedule", name)
+        spec = spec_json(cron, every, tz)
+        call = self._task_of(task).options(channel=channel, **options)
+        new = call._new_job(tuple(args), dict(kwargs or {}))
+        backend = await self._backend_ready()
+        record = ScheduleRecord(
+            queue=self.name,
+            channel=call.channel,
+            name=name,
+            spec=spec,
+            task=call.task.name,
+            payload=new.payload,
+            priority=new.priority,
+            max_attempts=new.max_attempts,
+            max_processing=new.max_processing,
+            next_run=next_run(spec, await backend.now()),
+        )
+        await backend.schedule_upsert(record)
+        return schedule_snapshot(record)
+
+    async def unschedule(self, name: str, *, channel: str = DEFAULT_CHANNEL) -> bool:
+        """Remove a schedule; False if there was none."""
+        backend = await self._backend_ready()
+        return await backend.schedule_delete(
+            self.name, check_name("channel", channel), check_name("schedule", name)
+        )
+
+    async def schedules(self) -> list[Schedule]:
+        """Every schedule of this queue."""
+        backend = await self._backend_ready()
+        return [schedule_snapshot(r) for r in await backend.schedule_list(self.name)]
 
     async def set_limits(self, *, max_concurrency: int | None = None) -> None:
         """Cap how many of this queue's jobs run at once, across every worker."""

@@ -37,6 +37,7 @@ from hydrapool.backends.base import (
     JobRecord,
     NewJob,
     PoolSnapshot,
+    ScheduleRecord,
 )
 
 T = TypeVar("T")
@@ -86,6 +87,11 @@ def _new_record(
         max_processing=new.max_processing,
         dedup_key=new.dedup_key,
     )
+
+
+def _schedule(row: sqlite3.Row) -> ScheduleRecord:
+    names = row.keys()
+    return ScheduleRecord(**{k: row[k] for k in names})
 
 
 def _record(row: sqlite3.Row) -> JobRecord:
@@ -206,51 +212,57 @@ class SqliteBackend:
     def _insert(
         self, conn: sqlite3.Connection, queue: str, jobs: Sequence[NewJob]
     ) -> list[JobRecord]:
+        with self._write(conn) as now:
+            return self._insert_in(conn, queue, jobs, now)
+
+    def _insert_in(
+        self, conn: sqlite3.Connection, queue: str, jobs: Sequence[NewJob], now: float
+    ) -> list[JobRecord]:
+        """Insert inside an open write transaction."""
         out = []
         sizes: dict[str, tuple[int, int | None]] = {}
-        with self._write(conn) as now:
-            for new in jobs:
-                if new.dedup_key is not None:
-                    twin = conn.execute(
-                        Q["job_dedup_find"],
-                        {"queue": queue, "channel": new.channel, "dedup_key": new.dedup_key},
-                    ).fetchone()
-                    if twin is not None:
-                        out.append(replace(_record(twin), deduplicated=True))
-                        continue
-                if new.channel not in sizes:
-                    conn.execute(Q["channel_touch"], {"queue": queue, "channel": new.channel})
-                    policy = conn.execute(
-                        Q["channel_policy_get"], {"queue": queue, "channel": new.channel}
-                    ).fetchone()
-                    size = conn.execute(
-                        Q["channel_size"], {"queue": queue, "channel": new.channel}
-                    ).fetchone()[0]
-                    sizes[new.channel] = (size, policy["max_size"] if policy else None)
-                size, max_size = sizes[new.channel]
-                full = max_size is not None and size >= max_size
-                run_at = new.run_at if new.run_at is not None else now + new.delay
-                state = "dropped" if full else ("waiting" if run_at > now else "queued")
-                if not full:
-                    sizes[new.channel] = (size + 1, max_size)
-                params = {
-                    "id": new.id,
-                    "queue": queue,
-                    "task": new.task,
-                    "channel": new.channel,
-                    "state": state,
-                    "priority": new.priority,
-                    "max_attempts": new.max_attempts,
-                    "payload": new.payload,
-                    "now": now,
-                    "run_at": run_at,
-                    "finished_at": now if full else None,
-                    "error": "channel full" if full else None,
-                    "max_processing": new.max_processing,
-                    "dedup_key": new.dedup_key,
-                }
-                conn.execute(Q["job_insert"], params)
-                out.append(_new_record(queue, new, state, now, run_at, full))
+        for new in jobs:
+            if new.dedup_key is not None:
+                twin = conn.execute(
+                    Q["job_dedup_find"],
+                    {"queue": queue, "channel": new.channel, "dedup_key": new.dedup_key},
+                ).fetchone()
+                if twin is not None:
+                    out.append(replace(_record(twin), deduplicated=True))
+                    continue
+            if new.channel not in sizes:
+                conn.execute(Q["channel_touch"], {"queue": queue, "channel": new.channel})
+                policy = conn.execute(
+                    Q["channel_policy_get"], {"queue": queue, "channel": new.channel}
+                ).fetchone()
+                size = conn.execute(
+                    Q["channel_size"], {"queue": queue, "channel": new.channel}
+                ).fetchone()[0]
+                sizes[new.channel] = (size, policy["max_size"] if policy else None)
+            size, max_size = sizes[new.channel]
+            full = max_size is not None and size >= max_size
+            run_at = new.run_at if new.run_at is not None else now + new.delay
+            state = "dropped" if full else ("waiting" if run_at > now else "queued")
+            if not full:
+                sizes[new.channel] = (size + 1, max_size)
+            params = {
+                "id": new.id,
+                "queue": queue,
+                "task": new.task,
+                "channel": new.channel,
+                "state": state,
+                "priority": new.priority,
+                "max_attempts": new.max_attempts,
+                "payload": new.payload,
+                "now": now,
+                "run_at": run_at,
+                "finished_at": now if full else None,
+                "error": "channel full" if full else None,
+                "max_processing": new.max_processing,
+                "dedup_key": new.dedup_key,
+            }
+            conn.execute(Q["job_insert"], params)
+            out.append(_new_record(queue, new, state, now, run_at, full))
         return out
 
     async def job_claim(self, params: ClaimParams) -> list[Claim]:
@@ -514,6 +526,60 @@ class SqliteBackend:
                 conn.execute(sql, params)
 
         await self._run(write)
+
+    # ── schedules ──────────────────────────────────────────────────────────
+    async def schedule_upsert(self, record: ScheduleRecord) -> None:
+        """Create or replace a schedule."""
+        params = {f: getattr(record, f) for f in ScheduleRecord.__dataclass_fields__}
+        params["now"] = time.time()
+        params.pop("created_at")
+        await self._write_one(Q["schedule_upsert"], params)
+
+    async def schedule_delete(self, queue: str, channel: str, name: str) -> bool:
+        """Remove a schedule."""
+
+        def delete(conn: sqlite3.Connection) -> bool:
+            with self._write(conn):
+                params = {"queue": queue, "channel": channel, "name": name}
+                return conn.execute(Q["schedule_delete"], params).rowcount == 1
+
+        return await self._run(delete)
+
+    async def schedule_list(self, queue: str) -> list[ScheduleRecord]:
+        """Every schedule of the queue."""
+        return await self._run(
+            lambda conn: [_schedule(r) for r in conn.execute(Q["schedule_list"], {"queue": queue})]
+        )
+
+    async def schedule_due(self, queue: str, limit: int) -> list[ScheduleRecord]:
+        """Schedules whose next run has come."""
+        params = {"queue": queue, "now": time.time(), "limit": limit}
+        return await self._run(
+            lambda conn: [_schedule(r) for r in conn.execute(Q["schedule_due"], params)]
+        )
+
+    async def schedule_fire(
+        self, record: ScheduleRecord, next_run: float, job: NewJob
+    ) -> JobRecord | None:
+        """Advance the schedule and insert its job, in one transaction."""
+
+        def fire(conn: sqlite3.Connection) -> JobRecord | None:
+            with self._write(conn):
+                moved = conn.execute(
+                    Q["schedule_advance"],
+                    {
+                        "queue": record.queue,
+                        "channel": record.channel,
+                        "name": record.name,
+                        "old_next_run": record.next_run,
+                        "new_next_run": next_run,
+                    },
+                ).rowcount
+                if moved != 1:
+                    return None
+                return self._insert_in(conn, record.queue, [job], time.time())[0]
+
+        return await self._run(fire)
 
     async def leader_try(self, queue: str, name: str, owner: str, ttl: float) -> bool:
         """Take or renew a named lease."""

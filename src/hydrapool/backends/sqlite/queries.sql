@@ -211,3 +211,30 @@ RETURNING owner;
 
 -- name: data_version
 PRAGMA data_version;
+
+-- name: schedule_upsert
+INSERT INTO hydrapool_schedules
+    (queue, channel, name, spec, task, payload, priority, max_attempts, max_processing,
+     next_run, created_at)
+VALUES
+    (:queue, :channel, :name, :spec, :task, :payload, :priority, :max_attempts,
+     :max_processing, :next_run, :now)
+ON CONFLICT (queue, channel, name) DO UPDATE
+SET spec = excluded.spec, task = excluded.task, payload = excluded.payload,
+    priority = excluded.priority, max_attempts = excluded.max_attempts,
+    max_processing = excluded.max_processing, next_run = excluded.next_run;
+
+-- name: schedule_delete
+DELETE FROM hydrapool_schedules WHERE queue = :queue AND channel = :channel AND name = :name;
+
+-- name: schedule_list
+SELECT * FROM hydrapool_schedules WHERE queue = :queue ORDER BY channel, name;
+
+-- name: schedule_due
+SELECT * FROM hydrapool_schedules WHERE queue = :queue AND next_run <= :now
+ORDER BY next_run LIMIT :limit;
+
+-- name: schedule_advance
+-- Compare-and-set on next_run: of several coordinators, exactly one fires a tick.
+UPDATE hydrapool_schedules SET next_run = :new_next_run
+WHERE queue = :queue AND channel = :channel AND name = :name AND next_run = :old_next_run;
