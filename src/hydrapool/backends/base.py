@@ -75,6 +75,28 @@ class JobRecord:
     dedup_key: str | None = None
     deduplicated: bool = False  # returned by an insert that found this job already waiting
 
+    @classmethod
+    def new(cls, queue: str, job: NewJob, state: str, now: float, run_at: float) -> JobRecord:
+        """The record a backend stores for ``job`` (``dropped`` ones end at once)."""
+        dropped = state == "dropped"
+        return cls(
+            id=job.id,
+            queue=queue,
+            task=job.task,
+            channel=job.channel,
+            state=state,
+            priority=job.priority,
+            attempts=0,
+            max_attempts=job.max_attempts,
+            payload=job.payload,
+            created_at=now,
+            run_at=run_at,
+            finished_at=now if dropped else None,
+            error="channel full" if dropped else None,
+            max_processing=job.max_processing,
+            dedup_key=job.dedup_key,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ScheduleRecord:

@@ -98,23 +98,7 @@ class MemoryBackend:
             run_at = new.run_at if new.run_at is not None else now + new.delay
             state = "dropped" if full else ("waiting" if run_at > now else "queued")
             sizes[new.channel] = size if full else size + 1
-            record = JobRecord(
-                id=new.id,
-                queue=queue,
-                task=new.task,
-                channel=new.channel,
-                state=state,
-                priority=new.priority,
-                attempts=0,
-                max_attempts=new.max_attempts,
-                payload=new.payload,
-                created_at=now,
-                run_at=run_at,
-                finished_at=now if full else None,
-                error="channel full" if full else None,
-                max_processing=new.max_processing,
-                dedup_key=new.dedup_key,
-            )
+            record = JobRecord.new(queue, new, state, now, run_at)
             records.append(record)
             if new.dedup_key is not None and state != "dropped":
                 pending[(new.channel, new.dedup_key)] = record

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hydrapool.backends.base import Finish, JobRecord
+from hydrapool.queue._reports import store_finishes
 from hydrapool.queue.queue import retry_from_json
 from hydrapool.queue.schedules import next_run, tick_job
 
@@ -119,19 +120,7 @@ class Coordinator:
         """Store rescue decisions; one bad decision must not block the others."""
         if not decisions:
             return []
-        backend = self.queue.backend
-        try:
-            return list(await backend.job_finish_many(self.queue.name, decisions))
-        except Exception:
-            logger.exception("rescuing %d expired jobs at once failed; one by one", len(decisions))
-        applied = []
-        for decision in decisions:
-            try:
-                applied += await backend.job_finish_many(self.queue.name, [decision])
-            except Exception:
-                logger.exception("could not rescue job %s", decision.job_id)
-                applied.append(False)
-        return applied
+        return await store_finishes(self.queue.backend, self.queue.name, decisions)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run passes every ``interval`` seconds until ``stop`` is set (or forever)."""

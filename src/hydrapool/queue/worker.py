@@ -30,6 +30,7 @@ from hydrapool._callables import call_maybe_async
 from hydrapool.backends.base import Claim, ClaimParams, Finish
 from hydrapool.exceptions import Fail, PayloadError
 from hydrapool.queue import _signals
+from hydrapool.queue._reports import store_finishes
 from hydrapool.queue.coordinator import Coordinator
 from hydrapool.queue.queue import Queue, Task, check_name, retry_from_json
 
@@ -337,24 +338,8 @@ class Worker:
                 self.queue._notify()
 
     async def _record(self, batch: list[Finish]) -> list[bool]:
-        """Store reports; if the batch fails, each on its own, so one bad report blocks none."""
-        backend = self.queue.backend
-        for pause in (0.0, 0.2, 1.0):
-            await asyncio.sleep(pause)
-            try:
-                return list(await backend.job_finish_many(self.queue.name, batch))
-            except Exception:
-                logger.exception("could not record %d job outcomes", len(batch))
-        applied = []
-        for finish in batch:
-            try:
-                applied += await backend.job_finish_many(self.queue.name, [finish])
-            except Exception:
-                logger.exception(
-                    "dropping the report on job %s: it cannot be stored", finish.job_id
-                )
-                applied.append(False)
-        return applied
+        """Store reports; a batch that keeps failing goes one by one, so none blocks."""
+        return await store_finishes(self.queue.backend, self.queue.name, batch, (0.0, 0.2, 1.0))
 
     async def _heartbeats(self) -> None:
         backend = self.queue.backend

@@ -67,28 +67,6 @@ def path_of(url: str) -> str:
     return path
 
 
-def _new_record(
-    queue: str, new: NewJob, state: str, now: float, run_at: float, full: bool
-) -> JobRecord:
-    return JobRecord(
-        id=new.id,
-        queue=queue,
-        task=new.task,
-        channel=new.channel,
-        state=state,
-        priority=new.priority,
-        attempts=0,
-        max_attempts=new.max_attempts,
-        payload=new.payload,
-        created_at=now,
-        run_at=run_at,
-        finished_at=now if full else None,
-        error="channel full" if full else None,
-        max_processing=new.max_processing,
-        dedup_key=new.dedup_key,
-    )
-
-
 def _schedule(row: sqlite3.Row) -> ScheduleRecord:
     names = row.keys()
     return ScheduleRecord(**{k: row[k] for k in names})
@@ -262,7 +240,7 @@ class SqliteBackend:
                 "dedup_key": new.dedup_key,
             }
             conn.execute(Q["job_insert"], params)
-            out.append(_new_record(queue, new, state, now, run_at, full))
+            out.append(JobRecord.new(queue, new, state, now, run_at))
         return out
 
     async def job_claim(self, params: ClaimParams) -> list[Claim]:
