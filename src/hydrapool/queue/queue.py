@@ -16,11 +16,13 @@ backend stores and transitions atomically.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import json
 import math
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -430,9 +432,33 @@ class Queue:
 
     async def _insert(self, new_jobs: list[NewJob]) -> list[Job]:
         backend = await self._backend_ready()
-        records = await backend.job_insert_many(self.name, new_jobs)
-        self._notify()
+        conn = _transaction.get(None)
+        if conn is not None and conn[0] is self:
+            insert = getattr(backend, "job_insert_in_transaction", None)
+            if insert is None:
+                raise TypeError(f"the {self.url.split(':')[0]} backend has no caller transactions")
+            records = insert(conn[1], self.name, new_jobs)
+        else:
+            records = await backend.job_insert_many(self.name, new_jobs)
+            self._notify()
         return [self._job(r) for r in records]
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, connection: Any) -> AsyncIterator[None]:
+        """Enqueue inside the caller's own database transaction.
+
+        ``async with queue.transaction(conn): await task.enqueue(...)``: the
+        jobs are written with ``conn`` (for SQLite, a ``sqlite3.Connection`` to
+        the queue's own file) and exist only if the caller commits; a rollback
+        leaves none. The caller begins, commits or rolls back as usual.
+        """
+        await self._backend_ready()  # the schema must exist before the caller's writes
+        token = _transaction.set((self, connection))
+        try:
+            yield
+        finally:
+            _transaction.reset(token)
+            self._notify()  # after a commit, local workers look at once
 
     def _notify(self) -> None:
         self.backend.work_notify(self.name)
@@ -643,6 +669,12 @@ class Queue:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+# The caller's open transaction for enqueues in this task: (queue, connection).
+_transaction: contextvars.ContextVar[tuple[Queue, Any]] = contextvars.ContextVar(
+    "hydrapool_transaction"
+)
 
 
 def _not_here(name: str) -> Callable[..., Any]:

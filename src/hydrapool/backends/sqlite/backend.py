@@ -243,6 +243,30 @@ class SqliteBackend:
             out.append(JobRecord.new(queue, new, state, now, run_at))
         return out
 
+    def job_insert_in_transaction(
+        self, conn: sqlite3.Connection, queue: str, jobs: Sequence[NewJob]
+    ) -> list[JobRecord]:
+        """Insert with the *caller's* connection, inside the caller's transaction.
+
+        Nothing is committed here: the jobs exist once the caller commits, and
+        a rollback leaves none (DESIGN.md invariant 8).
+        """
+        if not isinstance(conn, sqlite3.Connection):
+            raise TypeError(f"a SQLite queue takes a sqlite3.Connection, got {conn!r}")
+        saved = conn.row_factory
+        conn.row_factory = sqlite3.Row
+        try:
+            return self._insert_in(conn, queue, jobs, time.time())
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                raise ValueError(
+                    "this connection's database has no hydrapool tables: connect to the "
+                    f"queue's own file ({self.path!r}) and open the queue once first"
+                ) from None
+            raise
+        finally:
+            conn.row_factory = saved
+
     async def job_claim(self, params: ClaimParams) -> list[Claim]:
         """Claim due jobs within the channel and queue limits, in one transaction."""
         return await self._run(lambda conn: self._claim(conn, params))

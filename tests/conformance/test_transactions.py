@@ -1,0 +1,77 @@
+"""Enqueue inside the caller's transaction (issue 5; invariant 8): exists only if it commits."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import hydrapool as hp
+
+
+@pytest.fixture(params=["sqlite"])  # the SQL backends (PostgreSQL joins with its issue)
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def own_connection(queue: hp.Queue) -> sqlite3.Connection:
+    return sqlite3.connect(queue.backend.path, timeout=10)  # type: ignore[attr-defined]
+
+
+async def test_committed_enqueue_exists(queue: hp.Queue) -> None:
+    conn = own_connection(queue)
+    conn.execute("CREATE TABLE orders (id INTEGER)")
+    async with queue.transaction(conn):
+        job = await queue.enqueue("ship", 1)
+        conn.execute("INSERT INTO orders VALUES (1)")
+    assert await queue.get_job(job.id) is None, "not visible before the caller commits"
+    conn.commit()
+    stored = await queue.get_job(job.id)
+    assert stored is not None
+    assert stored.state is hp.JobState.QUEUED
+
+
+async def test_rolled_back_enqueue_leaves_nothing(queue: hp.Queue) -> None:
+    conn = own_connection(queue)
+    async with queue.transaction(conn):
+        jobs = await queue.enqueue_many([("ship", (i,)) for i in range(3)])
+    conn.rollback()
+    assert [await queue.get_job(j.id) for j in jobs] == [None, None, None]
+    assert await queue.jobs() == []
+
+
+async def test_a_worker_runs_the_job_once_committed(queue: hp.Queue) -> None:
+    @queue.task
+    async def ship(order: int) -> int:
+        return order
+
+    conn = own_connection(queue)
+    async with queue.transaction(conn):
+        job = await ship.enqueue(7)
+    conn.commit()
+    worker = hp.Worker(queue, handle_signals=False)
+    task = asyncio.create_task(worker.run())
+    assert await job.result(timeout=10) == 7
+    worker.stop()
+    await task
+
+
+async def test_memory_has_no_caller_transactions() -> None:
+    queue = hp.Queue("memory://")
+    with pytest.raises(TypeError, match="no caller transactions"):
+        async with queue.transaction(object()):
+            await queue.enqueue("t")
+    assert await queue.jobs() == []
+
+
+async def test_clear_errors(queue: hp.Queue, tmp_path: Path) -> None:
+    other = sqlite3.connect(tmp_path / "elsewhere.db")
+    with pytest.raises(ValueError, match="no hydrapool tables"):
+        async with queue.transaction(other):
+            await queue.enqueue("t")
+    with pytest.raises(TypeError, match=r"sqlite3\.Connection"):
+        async with queue.transaction("not a connection"):
+            await queue.enqueue("t")
+    assert await queue.jobs() == []
