@@ -76,3 +76,14 @@ async def test_a_deduplicated_job_runs_once(queue: hp.Queue) -> None:
     worker.stop()
     await task
     assert runs == [7]
+
+
+async def test_a_handed_back_job_keeps_its_dedup_key(queue: hp.Queue) -> None:
+    from hydrapool.backends.base import Finish
+
+    first = await queue.options("t", dedup_key="k").enqueue()
+    [claim] = await queue.backend.job_claim(ClaimParams(queue.name, "w", 1, 30.0))
+    await queue.backend.job_finish_many(queue.name, [Finish(first.id, claim.lease, "queued")])
+    again = await queue.options("t", dedup_key="k").enqueue()
+    assert again.deduplicated, "a hand-back refunds the start: the job waits again"
+    assert again.id == first.id

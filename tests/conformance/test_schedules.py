@@ -52,9 +52,12 @@ async def test_names_are_scoped_per_channel_and_replaced_in_place(queue: hp.Queu
     replaced = schedules[("default", "report")]
     assert (replaced.cron, replaced.tz) == ("30 5 * * *", "Europe/Paris")
     assert replaced.next_run.astimezone(hp.Cron("* * * * *", tz="Europe/Paris").tz).hour == 5
-    assert await queue.unschedule("report") is True
+    with pytest.raises(ValueError, match="channels default, tenant-1"):
+        await queue.unschedule("report")
+    assert await queue.unschedule("report", channel="default") is True
+    assert await queue.unschedule("report", channel="default") is False
+    assert await queue.unschedule("report") is True, "the only one left, in tenant-1"
     assert await queue.unschedule("report") is False
-    assert await queue.unschedule("report", channel="tenant-1") is True
     assert await queue.schedules() == []
 
 
@@ -97,3 +100,19 @@ async def test_a_worker_runs_scheduled_jobs(queue: hp.Queue) -> None:
     await asyncio.wait_for(ran.wait(), 10)
     worker.stop()
     await task
+
+
+async def test_declaring_the_same_schedule_again_keeps_its_next_tick(queue: hp.Queue) -> None:
+    first = await queue.schedule("pulse", task="ping", every=60)
+    again = await queue.schedule("pulse", task="ping", every=60)
+    assert again.next_run == first.next_run
+    changed = await queue.schedule("pulse", task="ping", every=120)
+    assert changed.next_run > first.next_run
+
+
+async def test_schedule_refuses_per_enqueue_options(queue: hp.Queue) -> None:
+    with pytest.raises(ValueError, match="takes no delay"):
+        await queue.schedule("s", task="t", every=1, delay=5)
+    with pytest.raises(ValueError, match="dedup_key"):
+        await queue.schedule("s", task="t", every=1, dedup_key="k")
+    assert await queue.schedules() == []

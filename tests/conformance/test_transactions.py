@@ -75,3 +75,53 @@ async def test_clear_errors(queue: hp.Queue, tmp_path: Path) -> None:
         async with queue.transaction("not a connection"):
             await queue.enqueue("t")
     assert await queue.jobs() == []
+
+
+async def test_tasks_started_inside_the_block_do_not_keep_using_it(queue: hp.Queue) -> None:
+    conn = own_connection(queue)
+    later = asyncio.Event()
+    jobs: list[hp.Job] = []
+
+    async def enqueue_later() -> None:
+        await later.wait()
+        jobs.append(await queue.enqueue("late", 1))
+
+    async with queue.transaction(conn):
+        background = asyncio.create_task(enqueue_later())
+    conn.commit()
+    later.set()
+    await background
+    assert await queue.get_job(jobs[0].id) is not None, "stored through the queue itself"
+    assert not conn.in_transaction
+
+
+async def test_nested_blocks_of_two_queues_each_use_the_connection(queue: hp.Queue) -> None:
+    other = hp.Queue(queue.url, name="second")
+    conn = own_connection(queue)
+    async with queue.transaction(conn), other.transaction(conn):
+        first = await queue.enqueue("a")
+        second = await other.enqueue("b")
+    conn.rollback()
+    assert await queue.get_job(first.id) is None
+    assert await other.get_job(second.id) is None
+    await other.close()
+
+
+async def test_autocommit_connections_are_refused_before_writing(queue: hp.Queue) -> None:
+    conn = sqlite3.connect(queue.backend.path, isolation_level=None)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="autocommit"):
+        async with queue.transaction(conn):
+            await queue.enqueue("t")
+    assert await queue.jobs() == []
+
+
+async def test_dedup_inside_a_transaction_with_bytes_text(queue: hp.Queue) -> None:
+    first = await queue.options("t", dedup_key="k").enqueue()
+    conn = own_connection(queue)
+    conn.text_factory = bytes
+    async with queue.transaction(conn):
+        twin = await queue.options("t", dedup_key="k").enqueue()
+    conn.commit()
+    assert twin.deduplicated
+    assert twin.id == first.id
+    assert conn.text_factory is bytes, "the caller's settings are restored"

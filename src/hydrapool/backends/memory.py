@@ -232,7 +232,7 @@ class MemoryBackend:
         elif finish.state == "retrying":
             changes.update(run_at=now + finish.delay, error=finish.error)
         elif finish.state == "queued":  # handed back: the attempt is refunded
-            changes.update(attempts=job.attempts - 1, run_at=now)
+            changes.update(attempts=job.attempts - 1, run_at=now, started_at=None)
         data.jobs[job.id] = replace(job, lease_expires_at=None, **changes)  # type: ignore[arg-type]
         return True
 
@@ -349,7 +349,9 @@ class MemoryBackend:
         key = (record.channel, record.name)
         old = self._q(record.queue).schedules.get(key)
         created = old.created_at if old is not None else time.time()
-        self._q(record.queue).schedules[key] = replace(record, created_at=created)
+        # Declaring the same schedule again (every start of an app) keeps its next tick.
+        due = old.next_run if old is not None and old.spec == record.spec else record.next_run
+        self._q(record.queue).schedules[key] = replace(record, created_at=created, next_run=due)
 
     async def schedule_delete(self, queue: str, channel: str, name: str) -> bool:
         """Remove a schedule."""

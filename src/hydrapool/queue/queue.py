@@ -432,12 +432,12 @@ class Queue:
 
     async def _insert(self, new_jobs: list[NewJob]) -> list[Job]:
         backend = await self._backend_ready()
-        conn = _transaction.get(None)
-        if conn is not None and conn[0] is self:
+        tx = _open_transaction(self)
+        if tx is not None:
             insert = getattr(backend, "job_insert_in_transaction", None)
             if insert is None:
                 raise TypeError(f"the {self.url.split(':')[0]} backend has no caller transactions")
-            records = insert(conn[1], self.name, new_jobs)
+            records = insert(tx.connection, self.name, new_jobs)
         else:
             records = await backend.job_insert_many(self.name, new_jobs)
             self._notify()
@@ -453,10 +453,12 @@ class Queue:
         leaves none. The caller begins, commits or rolls back as usual.
         """
         await self._backend_ready()  # the schema must exist before the caller's writes
-        token = _transaction.set((self, connection))
+        tx = _Transaction(self, connection)
+        token = _transaction.set((*_transaction.get(()), tx))
         try:
             yield
         finally:
+            tx.open = False  # tasks started inside copied the context: they must not use it
             _transaction.reset(token)
             self._notify()  # after a commit, local workers look at once
 
@@ -607,6 +609,11 @@ class Queue:
         times. ``options`` are the task's enqueue options (priority, retry, ...).
         """
         check_name("schedule", name)
+        refused = sorted({"delay", "run_at", "dedup_key"} & set(options))
+        if refused:
+            raise ValueError(
+                f"schedule() takes no {', '.join(refused)}: each tick enqueues at its own time"
+            )
         spec = spec_json(cron, every, tz)
         call = self._task_of(task).options(channel=channel, **options)
         new = call._new_job(tuple(args), dict(kwargs or {}))
@@ -624,14 +631,31 @@ class Queue:
             next_run=next_run(spec, await backend.now()),
         )
         await backend.schedule_upsert(record)
-        return schedule_snapshot(record)
+        stored = [
+            r
+            for r in await backend.schedule_list(self.name)
+            if (r.channel, r.name) == (record.channel, name)
+        ]
+        return schedule_snapshot(stored[0] if stored else record)
 
-    async def unschedule(self, name: str, *, channel: str = DEFAULT_CHANNEL) -> bool:
-        """Remove a schedule; False if there was none."""
+    async def unschedule(self, name: str, *, channel: str | None = None) -> bool:
+        """Remove a schedule; False if there was none.
+
+        Without ``channel``, the schedule of that name in whatever channel it
+        lives (an error if several channels have one).
+        """
+        check_name("schedule", name)
         backend = await self._backend_ready()
-        return await backend.schedule_delete(
-            self.name, check_name("channel", channel), check_name("schedule", name)
-        )
+        if channel is None:
+            found = [r.channel for r in await backend.schedule_list(self.name) if r.name == name]
+            if not found:
+                return False
+            if len(found) > 1:
+                raise ValueError(
+                    f"schedules named {name!r} exist in channels {', '.join(found)}: say channel="
+                )
+            channel = found[0]
+        return await backend.schedule_delete(self.name, check_name("channel", channel), name)
 
     async def schedules(self) -> list[Schedule]:
         """Every schedule of this queue."""
@@ -671,10 +695,24 @@ class Queue:
         await self.close()
 
 
-# The caller's open transaction for enqueues in this task: (queue, connection).
-_transaction: contextvars.ContextVar[tuple[Queue, Any]] = contextvars.ContextVar(
+@dataclass(eq=False)
+class _Transaction:
+    queue: Queue
+    connection: Any
+    open: bool = True
+
+
+# The caller transactions around this code, innermost last (one per queue may nest).
+_transaction: contextvars.ContextVar[tuple[_Transaction, ...]] = contextvars.ContextVar(
     "hydrapool_transaction"
 )
+
+
+def _open_transaction(queue: Queue) -> _Transaction | None:
+    for tx in reversed(_transaction.get(())):
+        if tx.open and tx.queue is queue:
+            return tx
+    return None
 
 
 def _not_here(name: str) -> Callable[..., Any]:

@@ -193,6 +193,16 @@ class SqliteBackend:
         with self._write(conn) as now:
             return self._insert_in(conn, queue, jobs, now)
 
+    @staticmethod
+    def _dedup_twin(conn: sqlite3.Connection, queue: str, new: NewJob) -> JobRecord | None:
+        if new.dedup_key is None:
+            return None
+        row = conn.execute(
+            Q["job_dedup_find"],
+            {"queue": queue, "channel": new.channel, "dedup_key": new.dedup_key},
+        ).fetchone()
+        return None if row is None else _record(row)
+
     def _insert_in(
         self, conn: sqlite3.Connection, queue: str, jobs: Sequence[NewJob], now: float
     ) -> list[JobRecord]:
@@ -200,14 +210,10 @@ class SqliteBackend:
         out = []
         sizes: dict[str, tuple[int, int | None]] = {}
         for new in jobs:
-            if new.dedup_key is not None:
-                twin = conn.execute(
-                    Q["job_dedup_find"],
-                    {"queue": queue, "channel": new.channel, "dedup_key": new.dedup_key},
-                ).fetchone()
-                if twin is not None:
-                    out.append(replace(_record(twin), deduplicated=True))
-                    continue
+            twin = self._dedup_twin(conn, queue, new)
+            if twin is not None:
+                out.append(replace(twin, deduplicated=True))
+                continue
             if new.channel not in sizes:
                 conn.execute(Q["channel_touch"], {"queue": queue, "channel": new.channel})
                 policy = conn.execute(
@@ -239,7 +245,15 @@ class SqliteBackend:
                 "max_processing": new.max_processing,
                 "dedup_key": new.dedup_key,
             }
-            conn.execute(Q["job_insert"], params)
+            try:
+                conn.execute(Q["job_insert"], params)
+            except sqlite3.IntegrityError:
+                # Another connection's transaction stored the same dedup key meanwhile.
+                twin = self._dedup_twin(conn, queue, new)
+                if twin is None:
+                    raise
+                out.append(replace(twin, deduplicated=True))
+                continue
             out.append(JobRecord.new(queue, new, state, now, run_at))
         return out
 
@@ -253,8 +267,14 @@ class SqliteBackend:
         """
         if not isinstance(conn, sqlite3.Connection):
             raise TypeError(f"a SQLite queue takes a sqlite3.Connection, got {conn!r}")
-        saved = conn.row_factory
-        conn.row_factory = sqlite3.Row
+        if conn.isolation_level is None and not conn.in_transaction:
+            raise ValueError(
+                "the connection is in autocommit mode with no open transaction: each "
+                "statement would commit at once; run BEGIN first (or use the default "
+                "isolation level)"
+            )
+        saved = conn.row_factory, conn.text_factory
+        conn.row_factory, conn.text_factory = sqlite3.Row, str
         try:
             return self._insert_in(conn, queue, jobs, time.time())
         except sqlite3.OperationalError as exc:
@@ -265,7 +285,7 @@ class SqliteBackend:
                 ) from None
             raise
         finally:
-            conn.row_factory = saved
+            conn.row_factory, conn.text_factory = saved
 
     async def job_claim(self, params: ClaimParams) -> list[Claim]:
         """Claim due jobs within the channel and queue limits, in one transaction."""

@@ -130,7 +130,7 @@ RETURNING hydrapool_jobs.id;
 UPDATE hydrapool_jobs
 SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
     finished_at = CASE WHEN cancel_requested THEN :now ELSE finished_at END,
-    run_at = :now, attempts = attempts - 1,
+    run_at = :now, attempts = attempts - 1, started_at = NULL,
     lease = NULL, lease_expires_at = NULL, worker = NULL
 FROM json_each(:batch) AS f
 WHERE hydrapool_jobs.id = json_extract(f.value, '$.id')
@@ -222,7 +222,10 @@ VALUES
 ON CONFLICT (queue, channel, name) DO UPDATE
 SET spec = excluded.spec, task = excluded.task, payload = excluded.payload,
     priority = excluded.priority, max_attempts = excluded.max_attempts,
-    max_processing = excluded.max_processing, next_run = excluded.next_run;
+    max_processing = excluded.max_processing,
+    -- Declaring the same schedule again (every start of an app) keeps its next tick.
+    next_run = CASE WHEN hydrapool_schedules.spec = excluded.spec
+                    THEN hydrapool_schedules.next_run ELSE excluded.next_run END;
 
 -- name: schedule_delete
 DELETE FROM hydrapool_schedules WHERE queue = :queue AND channel = :channel AND name = :name;
