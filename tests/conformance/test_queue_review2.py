@@ -166,8 +166,11 @@ async def test_sigterm_stops_every_worker_in_the_process(queue: hp.Queue) -> Non
     first = hp.Worker(queue, coordinator=False)
     second = hp.Worker(queue, coordinator=False)
     runs = [asyncio.create_task(w.run()) for w in (first, second)]
-    await asyncio.sleep(0.05)
-    if not _signals._installed:
+    for _ in range(500):  # both workers have started and registered
+        if {first, second} <= _signals._workers:
+            break
+        await asyncio.sleep(0.01)
+    if not _signals._installed or not {first, second} <= _signals._workers:
         for w in (first, second):
             w.stop()
         await asyncio.gather(*runs)
