@@ -9,6 +9,7 @@ from hydrapool.clock import Clock, ManualClock, SystemClock
 from hydrapool.cron import Cron
 from hydrapool.exceptions import (
     Closed,
+    DependencyError,
     Fail,
     HydrapoolError,
     JobFailed,
@@ -55,6 +56,7 @@ __all__ = [
     "CoordinatorReport",
     "Cron",
     "Decision",
+    "DependencyError",
     "DrainResult",
     "Fail",
     "FailedBatch",

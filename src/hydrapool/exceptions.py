@@ -8,6 +8,7 @@ The tree::
     ├── PoolFull                   add() while the backlog holds max_pending tasks
     ├── RetryAfter                 raised BY a task: pause the pool, rerun the task
     ├── PayloadError               a job's arguments or result are not JSON
+    ├── DependencyError            depends_on names an unknown job or one that started
     ├── Fail                       raised BY a durable task: fail now (optionally no retry)
     └── JobFailed                  job.result() of a job that failed, was cancelled or dropped
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 __all__ = [
     "Closed",
+    "DependencyError",
     "Fail",
     "HydrapoolError",
     "JobFailed",
@@ -111,3 +113,7 @@ class JobFailed(HydrapoolError):
         self.state = state
         self.error = error
         super().__init__(f"job {job_id} ended {state}" + (f": {error}" if error else ""))
+
+
+class DependencyError(HydrapoolError, ValueError):
+    """A job may depend only on existing jobs of its queue that have not started."""

@@ -46,6 +46,8 @@ class NewJob:
     run_at: float | None = None  # absolute epoch seconds; wins over delay
     max_processing: float | None = None  # cap on one run, heartbeats or not
     dedup_key: str | None = None  # at most one not-yet-started job per key per channel
+    depends_on: tuple[str, ...] = ()  # parents that must succeed first (not started yet)
+    cascade: bool = True  # a parent that fails fails this job too (else it runs anyway)
 
 
 @dataclass(frozen=True, slots=True)

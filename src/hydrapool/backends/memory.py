@@ -25,6 +25,7 @@ from hydrapool.backends.base import (
     PoolSnapshot,
     ScheduleRecord,
 )
+from hydrapool.exceptions import DependencyError
 
 WAITING_STATES = ("waiting", "queued", "retrying")  # not running, not ended
 TERMINAL_STATES = ("succeeded", "failed", "cancelled", "dropped")
@@ -39,6 +40,8 @@ class _QueueData:
     counter: int = 0
     max_concurrency: int | None = None
     schedules: dict[tuple[str, str], ScheduleRecord] = field(default_factory=dict)
+    parents_left: dict[str, int] = field(default_factory=dict)  # job -> parents not yet done
+    children: dict[str, list[tuple[str, bool]]] = field(default_factory=dict)  # (child, cascade)
 
 
 class MemoryBackend:
@@ -86,6 +89,7 @@ class MemoryBackend:
             if twin is not None:
                 records.append(replace(twin, deduplicated=True))
                 continue
+            self._check_parents(data, queue, new, records)
             size = sizes.get(new.channel)
             if size is None:
                 size = sum(
@@ -102,11 +106,47 @@ class MemoryBackend:
             records.append(record)
             if new.dedup_key is not None and state != "dropped":
                 pending[(new.channel, new.dedup_key)] = record
-        for record in records:
+        for record, new in zip(records, jobs, strict=True):
             if not record.deduplicated:
                 data.jobs[record.id] = record
                 data.order[record.id] = next(self._arrivals)
+                if new.depends_on and record.state != "dropped":
+                    data.parents_left[record.id] = len(set(new.depends_on))
+                    for parent in set(new.depends_on):
+                        data.children.setdefault(parent, []).append((record.id, new.cascade))
         return records
+
+    @staticmethod
+    def _check_parents(data: _QueueData, queue: str, new: NewJob, earlier: list[JobRecord]) -> None:
+        batch = {r.id: r for r in earlier if not r.deduplicated}
+        for parent in new.depends_on:
+            job = data.jobs.get(parent) or batch.get(parent)
+            if job is None:
+                raise DependencyError(
+                    f"job {new.id}: parent {parent!r} does not exist in queue {queue!r}"
+                )
+            if job.state not in ("waiting", "queued") or job.started_at is not None:
+                raise DependencyError(
+                    f"job {new.id}: parent {parent!r} already started ({job.state}); "
+                    "a job can only depend on jobs that have not started"
+                )
+
+    @staticmethod
+    def _resolve(data: _QueueData, ended: list[tuple[str, str]], now: float) -> None:
+        """Tell the children of jobs that just ended: release them, or fail them in cascade."""
+        pending = list(ended)
+        while pending:
+            parent, state = pending.pop()
+            for child, cascade in data.children.pop(parent, []):
+                job = data.jobs.get(child)
+                if job is None or job.state not in ("waiting", "queued"):
+                    continue
+                if state == "succeeded" or not cascade:
+                    data.parents_left[child] = data.parents_left.get(child, 1) - 1
+                    continue
+                error = f"dependency {parent} ended {state}"
+                data.jobs[child] = replace(job, state="failed", finished_at=now, error=error)
+                pending.append((child, "failed"))
 
     @staticmethod
     def _dedup_twin(
@@ -137,6 +177,7 @@ class MemoryBackend:
             elif (
                 job.state in WAITING_STATES
                 and job.run_at <= now
+                and not data.parents_left.get(job.id)
                 and (params.channels is None or job.channel in params.channels)
             ):
                 due.setdefault(job.channel, []).append((-job.priority, data.order[job.id], job.id))
@@ -234,6 +275,8 @@ class MemoryBackend:
         elif finish.state == "queued":  # handed back: the attempt is refunded
             changes.update(attempts=job.attempts - 1, run_at=now, started_at=None)
         data.jobs[job.id] = replace(job, lease_expires_at=None, **changes)  # type: ignore[arg-type]
+        if state in TERMINAL_STATES:
+            self._resolve(data, [(job.id, state)], now)
         return True
 
     async def job_cancel(self, queue: str, job_id: str) -> JobRecord | None:
@@ -244,6 +287,8 @@ class MemoryBackend:
             return None
         if job.state in WAITING_STATES:
             job = replace(job, state="cancelled", finished_at=time.time())
+            data.jobs[job_id] = job
+            self._resolve(data, [(job_id, "cancelled")], time.time())
         elif job.state == "running":
             job = replace(job, cancel_requested=True)
         data.jobs[job_id] = job

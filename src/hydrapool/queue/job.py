@@ -42,8 +42,11 @@ class JobState(enum.StrEnum):
 
 TRANSITIONS: dict[JobState | None, frozenset[JobState]] = {
     None: frozenset({JobState.WAITING, JobState.QUEUED, JobState.DROPPED}),  # enqueue
-    JobState.WAITING: frozenset({JobState.QUEUED, JobState.RUNNING, JobState.CANCELLED}),
-    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED}),
+    # waiting/queued -> failed: a parent failed, was cancelled or dropped (depends_on)
+    JobState.WAITING: frozenset(
+        {JobState.QUEUED, JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}
+    ),
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
     JobState.RUNNING: frozenset(
         {
             JobState.SUCCEEDED,

@@ -94,6 +94,40 @@ def _dedup_key(value: object) -> str | None:
 INT64 = range(-(2**63), 2**63)  # what every backend can store
 
 
+def _parents(value: Iterable[str | int | Job] | None) -> tuple[str | int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (str, int, Job)):
+        value = [value]
+    ids: list[str | int] = []
+    for item in value:
+        job_id = item.id if isinstance(item, Job) else item
+        if isinstance(job_id, bool) or not isinstance(job_id, (str, int)) or job_id == "":
+            raise TypeError(
+                f"depends_on takes jobs, job ids, or (in enqueue_many) the index of an "
+                f"earlier item; got {item!r}"
+            )
+        ids.append(job_id)
+    return tuple(dict.fromkeys(ids))
+
+
+def _resolve_ref(ref: str | int, batch: list[NewJob] | None) -> str:
+    """A parent id; an int names an earlier item of the same enqueue_many."""
+    if isinstance(ref, str):
+        return ref
+    if batch is None:
+        raise ValueError(
+            f"depends_on={ref!r}: an index refers to an earlier item of enqueue_many, "
+            "and this is a single enqueue"
+        )
+    if not 0 <= ref < len(batch):
+        raise ValueError(
+            f"depends_on={ref!r}: no earlier item {ref} in this enqueue_many "
+            f"(items 0..{len(batch) - 1} come before)"
+        )
+    return batch[ref].id
+
+
 def _priority(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"priority must be an int, got {value!r}")
@@ -184,13 +218,17 @@ class TaskCall(Generic[P, R]):
     timeout: float | None
     max_processing: float | None
     dedup_key: str | None = None
+    depends_on: tuple[str | int, ...] = ()  # ints: earlier items of one enqueue_many
+    cascade: bool = True
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """Store one job of this task with these options."""
         jobs = await self.task.queue._insert([self._new_job(args, kwargs)])
         return jobs[0]
 
-    def _new_job(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> NewJob:
+    def _new_job(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any], batch: list[NewJob] | None = None
+    ) -> NewJob:
         meta = {"retry": retry_to_json(self.retry), "timeout": self.timeout}
         payload = encode_payload(self.task.name, args, kwargs, meta)
         attempts = self.retry.attempts if self.retry is not None else 1
@@ -205,6 +243,8 @@ class TaskCall(Generic[P, R]):
             run_at=self.run_at,
             max_processing=self.max_processing,
             dedup_key=self.dedup_key,
+            depends_on=tuple(_resolve_ref(ref, batch) for ref in self.depends_on),
+            cascade=self.cascade,
         )
 
 
@@ -242,11 +282,17 @@ class Task(Generic[P, R]):
         timeout: float | None = None,
         max_processing: float | None = None,
         dedup_key: str | None = None,
+        depends_on: Iterable[str | int | Job] | None = None,
+        cascade: bool = True,
     ) -> TaskCall[P, R]:
         """Bind enqueue options; ``.enqueue(...)`` on the result stores the job.
 
         ``dedup_key``: while a job of this channel with the same key has not
         started, enqueueing another returns that job (``job.deduplicated``).
+        ``depends_on``: jobs (or ids) that must all succeed before this one
+        runs; if one fails, is cancelled or dropped, this job fails without
+        running (and so do its own dependents), unless ``cascade=False``,
+        where it runs anyway. Parents must exist and not have started.
         """
         if delay is not None and run_at is not None:
             raise ValueError("give delay= or run_at=, not both")
@@ -269,6 +315,8 @@ class Task(Generic[P, R]):
                 else self.max_processing
             ),
             dedup_key=_dedup_key(dedup_key),
+            depends_on=_parents(depends_on),
+            cascade=bool(cascade),
         )
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
@@ -416,9 +464,10 @@ class Queue:
         """Enqueue many jobs in one transaction: all are stored or none.
 
         Each item is ``(task, args)``, ``(task, args, kwargs)`` (task: a name
-        or a Task) or ``(task.options(...), args[, kwargs])``.
+        or a Task) or ``(task.options(...), args[, kwargs])``. A whole DAG
+        fits in one call: ``depends_on=[0, 2]`` names earlier items by index.
         """
-        new_jobs = []
+        new_jobs: list[NewJob] = []
         for item in calls:
             if not isinstance(item, tuple) or not 2 <= len(item) <= 3:
                 raise TypeError(
@@ -427,7 +476,7 @@ class Queue:
             target, args = item[0], tuple(item[1])
             kwargs = item[2] if len(item) == 3 else {}
             call = target if isinstance(target, TaskCall) else self._task_of(target).options()
-            new_jobs.append(call._new_job(args, kwargs))
+            new_jobs.append(call._new_job(args, kwargs, new_jobs))
         return await self._insert(new_jobs)
 
     async def _insert(self, new_jobs: list[NewJob]) -> list[Job]:
@@ -609,7 +658,7 @@ class Queue:
         times. ``options`` are the task's enqueue options (priority, retry, ...).
         """
         check_name("schedule", name)
-        refused = sorted({"delay", "run_at", "dedup_key"} & set(options))
+        refused = sorted({"delay", "run_at", "dedup_key", "depends_on"} & set(options))
         if refused:
             raise ValueError(
                 f"schedule() takes no {', '.join(refused)}: each tick enqueues at its own time"

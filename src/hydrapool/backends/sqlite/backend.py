@@ -39,6 +39,7 @@ from hydrapool.backends.base import (
     PoolSnapshot,
     ScheduleRecord,
 )
+from hydrapool.exceptions import DependencyError
 
 T = TypeVar("T")
 Q = load_queries(__package__ or "hydrapool.backends.sqlite")
@@ -203,6 +204,38 @@ class SqliteBackend:
         ).fetchone()
         return None if row is None else _record(row)
 
+    @staticmethod
+    def _resolve(
+        conn: sqlite3.Connection, queue: str, ended: list[tuple[str, str]], now: float
+    ) -> None:
+        """Tell the children of jobs that just ended: release them, or fail them in cascade."""
+        pending = list(ended)
+        while pending:
+            parent, state = pending.pop()
+            children = conn.execute(Q["dep_children"], {"queue": queue, "parent": parent})
+            for child, cascade in children.fetchall():
+                if state == "succeeded" or not cascade:
+                    conn.execute(Q["dep_release"], {"queue": queue, "id": child})
+                    continue
+                error = f"dependency {parent} ended {state}"
+                params = {"queue": queue, "id": child, "now": now, "error": error}
+                if conn.execute(Q["dep_fail"], params).rowcount:
+                    pending.append((child, "failed"))
+
+    @staticmethod
+    def _check_parents(conn: sqlite3.Connection, queue: str, new: NewJob) -> None:
+        for parent in new.depends_on:
+            row = conn.execute(Q["dep_parent_state"], {"queue": queue, "id": parent}).fetchone()
+            if row is None:
+                raise DependencyError(
+                    f"job {new.id}: parent {parent!r} does not exist in {queue!r}"
+                )
+            if row["state"] not in ("waiting", "queued") or row["started_at"] is not None:
+                raise DependencyError(
+                    f"job {new.id}: parent {parent!r} already started ({row['state']}); "
+                    "a job can only depend on jobs that have not started"
+                )
+
     def _insert_in(
         self, conn: sqlite3.Connection, queue: str, jobs: Sequence[NewJob], now: float
     ) -> list[JobRecord]:
@@ -214,6 +247,7 @@ class SqliteBackend:
             if twin is not None:
                 out.append(replace(twin, deduplicated=True))
                 continue
+            self._check_parents(conn, queue, new)
             if new.channel not in sizes:
                 conn.execute(Q["channel_touch"], {"queue": queue, "channel": new.channel})
                 policy = conn.execute(
@@ -244,6 +278,8 @@ class SqliteBackend:
                 "error": "channel full" if full else None,
                 "max_processing": new.max_processing,
                 "dedup_key": new.dedup_key,
+                "parents_left": len(new.depends_on),
+                "cascade": int(new.cascade),
             }
             try:
                 conn.execute(Q["job_insert"], params)
@@ -254,6 +290,8 @@ class SqliteBackend:
                     raise
                 out.append(replace(twin, deduplicated=True))
                 continue
+            for parent in new.depends_on:
+                conn.execute(Q["dep_insert"], {"queue": queue, "parent": parent, "child": new.id})
             out.append(JobRecord.new(queue, new, state, now, run_at))
         return out
 
@@ -415,13 +453,16 @@ class SqliteBackend:
             )
         applied: set[str] = set()
         with self._write(conn) as now:
+            ended: list[tuple[str, str]] = []
             for kind, batch in groups.items():
                 if batch:
                     rows = conn.execute(
                         _FINISH_SQL[kind],
                         {"queue": queue, "now": now, "batch": json.dumps(batch)},
-                    )
+                    ).fetchall()
                     applied.update(row[0] for row in rows)
+                    ended += [(row[0], row[1]) for row in rows if row[1] in _TERMINAL]
+            self._resolve(conn, queue, ended, now)
         # One statement per kind of outcome; a worker reports a job once per claim.
         return [f.job_id in applied for f in finishes]
 
@@ -433,6 +474,8 @@ class SqliteBackend:
                 params = {"queue": queue, "id": job_id, "now": now}
                 if conn.execute(Q["job_cancel_waiting"], params).rowcount == 0:
                     conn.execute(Q["job_cancel_running"], params)
+                else:
+                    self._resolve(conn, queue, [(job_id, "cancelled")], now)
                 row = conn.execute(Q["job_get"], params).fetchone()
             return None if row is None else _record(row)
 

@@ -16,10 +16,30 @@ INSERT INTO hydrapool_migrations (version, name, applied_at) VALUES (:version, :
 -- name: job_insert
 INSERT INTO hydrapool_jobs
     (id, queue, task, channel, state, priority, max_attempts, payload,
-     created_at, run_at, finished_at, error, max_processing, dedup_key)
+     created_at, run_at, finished_at, error, max_processing, dedup_key,
+     parents_left, cascade)
 VALUES
     (:id, :queue, :task, :channel, :state, :priority, :max_attempts, :payload,
-     :now, :run_at, :finished_at, :error, :max_processing, :dedup_key);
+     :now, :run_at, :finished_at, :error, :max_processing, :dedup_key,
+     :parents_left, :cascade);
+
+-- name: dep_parent_state
+SELECT state, started_at FROM hydrapool_jobs WHERE id = :id AND +queue = :queue;
+
+-- name: dep_insert
+INSERT OR IGNORE INTO hydrapool_deps (queue, parent, child) VALUES (:queue, :parent, :child);
+
+-- name: dep_children
+SELECT c.id, c.cascade FROM hydrapool_deps AS d
+JOIN hydrapool_jobs AS c ON c.id = d.child
+WHERE d.queue = :queue AND d.parent = :parent AND c.state IN ('waiting', 'queued');
+
+-- name: dep_release
+UPDATE hydrapool_jobs SET parents_left = parents_left - 1 WHERE id = :id AND +queue = :queue;
+
+-- name: dep_fail
+UPDATE hydrapool_jobs SET state = 'failed', finished_at = :now, error = :error
+WHERE id = :id AND +queue = :queue AND state IN ('waiting', 'queued');
 
 -- name: job_dedup_find
 SELECT * FROM hydrapool_jobs INDEXED BY hydrapool_jobs_dedup
@@ -44,6 +64,7 @@ WHERE c.queue = :queue
       SELECT 1 FROM hydrapool_jobs AS j INDEXED BY hydrapool_jobs_head
       WHERE j.queue = c.queue AND j.channel = c.channel
         AND j.state IN ('waiting', 'queued', 'retrying') AND j.run_at <= :now
+        AND j.parents_left = 0
   );
 
 -- name: channel_prune
@@ -76,7 +97,7 @@ SELECT COUNT(*) FROM hydrapool_jobs WHERE queue = :queue AND state = 'running';
 -- name: claim_heads
 SELECT priority, id FROM hydrapool_jobs INDEXED BY hydrapool_jobs_head
 WHERE queue = :queue AND channel = :channel
-  AND state IN ('waiting', 'queued', 'retrying') AND run_at <= :now
+  AND state IN ('waiting', 'queued', 'retrying') AND run_at <= :now AND parents_left = 0
 ORDER BY priority DESC, seq
 LIMIT :limit;
 
@@ -86,7 +107,7 @@ SET state = 'running', attempts = attempts + 1, started_at = :now, lease = :leas
     lease_expires_at = :expires, worker = :worker
 WHERE id IN (SELECT value FROM json_each(:ids))
   AND +queue = :queue  -- the unary + keeps the planner on the id index
-  AND state IN ('waiting', 'queued', 'retrying')
+  AND state IN ('waiting', 'queued', 'retrying') AND parents_left = 0
 RETURNING *;
 
 -- name: job_heartbeat
@@ -108,7 +129,7 @@ WHERE hydrapool_jobs.id = json_extract(f.value, '$.id')
   AND hydrapool_jobs.state = 'running'
   AND hydrapool_jobs.lease = json_extract(f.value, '$.lease')
   AND (hydrapool_jobs.lease_expires_at < :now) = json_extract(f.value, '$.expired')
-RETURNING hydrapool_jobs.id;
+RETURNING hydrapool_jobs.id, hydrapool_jobs.state;
 
 -- name: job_finish_retry
 -- A job someone asked to cancel is not tried again: it ends cancelled.
@@ -124,7 +145,7 @@ WHERE hydrapool_jobs.id = json_extract(f.value, '$.id')
   AND hydrapool_jobs.state = 'running'
   AND hydrapool_jobs.lease = json_extract(f.value, '$.lease')
   AND (hydrapool_jobs.lease_expires_at < :now) = json_extract(f.value, '$.expired')
-RETURNING hydrapool_jobs.id;
+RETURNING hydrapool_jobs.id, hydrapool_jobs.state;
 
 -- name: job_finish_hand_back
 UPDATE hydrapool_jobs
@@ -138,7 +159,7 @@ WHERE hydrapool_jobs.id = json_extract(f.value, '$.id')
   AND hydrapool_jobs.state = 'running'
   AND hydrapool_jobs.lease = json_extract(f.value, '$.lease')
   AND (hydrapool_jobs.lease_expires_at < :now) = json_extract(f.value, '$.expired')
-RETURNING hydrapool_jobs.id;
+RETURNING hydrapool_jobs.id, hydrapool_jobs.state;
 
 -- name: job_cancel_waiting
 UPDATE hydrapool_jobs SET state = 'cancelled', finished_at = :now

@@ -1,0 +1,116 @@
+"""Dependencies (issue 5; invariant 6): children run after their parents succeed."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import hydrapool as hp
+
+
+async def run_all(queue: hp.Queue, jobs: list[hp.Job]) -> None:
+    worker = hp.Worker(queue, concurrency=4, handle_signals=False, coordinator_interval=0.05)
+    task = asyncio.create_task(worker.run())
+    for job in jobs:
+        try:
+            await job.result(timeout=10)
+        except hp.JobFailed:
+            pass
+    worker.stop()
+    await task
+
+
+async def test_a_child_runs_only_after_its_parents_succeeded(queue: hp.Queue) -> None:
+    order: list[str] = []
+
+    @queue.task
+    async def step(name: str) -> str:
+        order.append(name)
+        await asyncio.sleep(0.01 if name == "slow-parent" else 0)
+        return name
+
+    a = await step.enqueue("slow-parent")
+    b = await step.enqueue("quick-parent")
+    child = await step.options(depends_on=[a, b.id]).enqueue("child")
+    await run_all(queue, [a, b, child])
+    assert order.index("child") > max(order.index("slow-parent"), order.index("quick-parent"))
+    assert (await child.refresh()).state is hp.JobState.SUCCEEDED
+
+
+async def test_a_failed_parent_fails_every_descendant_without_running_it(queue: hp.Queue) -> None:
+    ran: list[str] = []
+
+    @queue.task
+    async def step(name: str) -> None:
+        ran.append(name)
+        if name == "parent":
+            raise ValueError("broken")
+
+    parent = await step.enqueue("parent")
+    child = await step.options(depends_on=[parent]).enqueue("child")
+    grandchild = await step.options(depends_on=[child]).enqueue("grandchild")
+    tolerant = await step.options(depends_on=[parent], cascade=False).enqueue("tolerant")
+    await run_all(queue, [parent, child, grandchild, tolerant])
+    assert sorted(ran) == ["parent", "tolerant"]
+    for job, cause in ((child, parent.id), (grandchild, child.id)):
+        final = await job.refresh()
+        assert final.state is hp.JobState.FAILED
+        assert final.error == f"dependency {cause} ended failed"
+    assert (await tolerant.refresh()).state is hp.JobState.SUCCEEDED
+
+
+async def test_a_cancelled_parent_fails_its_children(queue: hp.Queue) -> None:
+    parent = await queue.enqueue("p")
+    child = await queue.options("c", depends_on=[parent]).enqueue()
+    await queue.cancel(parent.id)
+    final = await child.refresh()
+    assert final.state is hp.JobState.FAILED
+    assert final.error == f"dependency {parent.id} ended cancelled"
+
+
+async def test_unknown_or_started_parents_are_refused_and_nothing_is_stored(
+    queue: hp.Queue,
+) -> None:
+    with pytest.raises(hp.DependencyError, match="parent 'nope' does not exist"):
+        await queue.options("c", depends_on=["nope"]).enqueue()
+    started = await queue.enqueue("p")
+    from hydrapool.backends.base import ClaimParams
+
+    await queue.backend.job_claim(ClaimParams(queue.name, "w", 1, 30.0))
+    with pytest.raises(hp.DependencyError, match=f"parent '{started.id}' already started"):
+        await queue.enqueue_many([("a", ()), (queue.options("c", depends_on=[started]), ())])
+    assert [j.id for j in await queue.jobs()] == [started.id], "the batch stored nothing"
+
+
+async def test_enqueue_many_builds_a_dag_in_one_call(queue: hp.Queue) -> None:
+    ran: list[str] = []
+
+    @queue.task
+    async def step(name: str) -> None:
+        ran.append(name)
+
+    jobs = await queue.enqueue_many(
+        [
+            (step, ("extract",)),
+            (step.options(depends_on=[0]), ("transform-a",)),
+            (step.options(depends_on=[0]), ("transform-b",)),
+            (step.options(depends_on=[1, 2]), ("load",)),
+        ]
+    )
+    await run_all(queue, jobs)
+    assert ran[0] == "extract"
+    assert ran[-1] == "load"
+    with pytest.raises(ValueError, match="earlier item of enqueue_many"):
+        await step.options(depends_on=[0]).enqueue("x")
+    with pytest.raises(ValueError, match="no earlier item 3"):
+        await queue.enqueue_many([(step.options(depends_on=[3]), ("x",))])
+
+
+async def test_bad_depends_on_values(queue: hp.Queue) -> None:
+    bad: Any = 3.5
+    with pytest.raises(TypeError, match="depends_on takes jobs"):
+        queue.options("c", depends_on=[bad])
+    with pytest.raises(ValueError, match="schedule\\(\\) takes no depends_on"):
+        await queue.schedule("s", task="t", every=1, depends_on=["x"])
