@@ -114,3 +114,59 @@ async def test_bad_depends_on_values(queue: hp.Queue) -> None:
         queue.options("c", depends_on=[bad])
     with pytest.raises(ValueError, match="schedule\\(\\) takes no depends_on"):
         await queue.schedule("s", task="t", every=1, depends_on=["x"])
+
+
+async def test_a_reference_to_a_deduplicated_item_follows_its_twin(queue: hp.Queue) -> None:
+    jobs = await queue.enqueue_many(
+        [
+            (queue.options("t", dedup_key="k"), (1,)),
+            (queue.options("t", dedup_key="k"), (2,)),
+            (queue.options("t", depends_on=[1]), (3,)),
+        ]
+    )
+    assert jobs[1].deduplicated
+    assert jobs[1].id == jobs[0].id
+    assert len(await queue.jobs()) == 2
+
+
+async def test_a_parent_that_ended_unstarted_decides_the_child_at_once(queue: hp.Queue) -> None:
+    await queue.channel("c").set_policy(max_size=1)
+    await queue.options("t", channel="c").enqueue()
+    jobs = await queue.enqueue_many(
+        [
+            (queue.options("t", channel="c"), (1,)),  # dropped: the channel is full
+            (queue.options("t", depends_on=[0]), (2,)),
+            (queue.options("t", depends_on=[0], cascade=False), (3,)),
+        ]
+    )
+    assert jobs[0].state is hp.JobState.DROPPED
+    assert jobs[1].state is hp.JobState.FAILED
+    assert jobs[1].error == f"dependency {jobs[0].id} ended dropped"
+    assert jobs[2].state is hp.JobState.QUEUED, "cascade=False: it does not wait for it"
+
+
+async def test_dedup_and_dependencies_do_not_mix(queue: hp.Queue) -> None:
+    parent = await queue.enqueue("p")
+    with pytest.raises(ValueError, match="do not mix"):
+        queue.options("c", dedup_key="k", depends_on=[parent])
+
+
+async def test_ended_parents_leave_no_bookkeeping_behind(queue: hp.Queue) -> None:
+    @queue.task
+    async def step(n: int) -> None:
+        return None
+
+    parent = await step.enqueue(1)
+    child = await step.options(depends_on=[parent]).enqueue(2)
+    await run_all(queue, [parent, child])
+    assert await queue.purge() == 2
+    backend: Any = queue.backend
+    if hasattr(backend, "_q"):
+        data = backend._q(queue.name)
+        assert data.children == {}
+        assert data.parents_left == {}
+    else:
+        import sqlite3
+
+        conn = sqlite3.connect(backend.path)
+        assert conn.execute("SELECT COUNT(*) FROM hydrapool_deps").fetchone()[0] == 0

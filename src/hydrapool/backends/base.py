@@ -78,9 +78,24 @@ class JobRecord:
     deduplicated: bool = False  # returned by an insert that found this job already waiting
 
     @classmethod
-    def new(cls, queue: str, job: NewJob, state: str, now: float, run_at: float) -> JobRecord:
-        """The record a backend stores for ``job`` (``dropped`` ones end at once)."""
-        dropped = state == "dropped"
+    def new(
+        cls,
+        queue: str,
+        job: NewJob,
+        state: str,
+        now: float,
+        run_at: float,
+        doomed: tuple[str, str] | None = None,
+    ) -> JobRecord:
+        """The record a backend stores for ``job``.
+
+        ``dropped`` jobs (channel full) and ``failed`` ones (``doomed``: a
+        parent that already ended without success) end at once.
+        """
+        ended = state in ("dropped", "failed")
+        error = "channel full" if state == "dropped" else None
+        if state == "failed" and doomed is not None:
+            error = f"dependency {doomed[0]} ended {doomed[1]}"
         return cls(
             id=job.id,
             queue=queue,
@@ -93,8 +108,8 @@ class JobRecord:
             payload=job.payload,
             created_at=now,
             run_at=run_at,
-            finished_at=now if dropped else None,
-            error="channel full" if dropped else None,
+            finished_at=now if ended else None,
+            error=error,
             max_processing=job.max_processing,
             dedup_key=job.dedup_key,
         )

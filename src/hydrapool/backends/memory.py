@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from hydrapool.backends._deps import Parents, initial_state, parents_of, with_aliases
 from hydrapool.backends._fair import Candidates, pick
 from hydrapool.backends.base import (
     ChannelPolicy,
@@ -25,7 +26,6 @@ from hydrapool.backends.base import (
     PoolSnapshot,
     ScheduleRecord,
 )
-from hydrapool.exceptions import DependencyError
 
 WAITING_STATES = ("waiting", "queued", "retrying")  # not running, not ended
 TERMINAL_STATES = ("succeeded", "failed", "cancelled", "dropped")
@@ -82,54 +82,67 @@ class MemoryBackend:
         sizes: dict[str, int] = {}
         records = []
         pending: dict[tuple[str, str], JobRecord] = {}  # dedup keys inserted by this call
+        alias: dict[str, str] = {}  # a new id that was deduplicated -> its twin's id
+        waits: dict[str, tuple[str, ...]] = {}  # new id -> parents it waits for
         for new in jobs:
             if new.id in data.jobs:
                 raise ValueError(f"job id {new.id!r} already exists in queue {queue!r}")
+            new = with_aliases(new, alias)
             twin = self._dedup_twin(data, pending, new)
             if twin is not None:
+                alias[new.id] = twin.id
                 records.append(replace(twin, deduplicated=True))
                 continue
-            self._check_parents(data, queue, new, records)
+            parents = self._parents(data, queue, new, records)
             size = sizes.get(new.channel)
             if size is None:
-                size = sum(
-                    1
-                    for j in data.jobs.values()
-                    if j.channel == new.channel and j.state in WAITING_STATES
-                )
+                size = self._channel_size(data, new.channel)
             policy = data.policies.get(new.channel)
             full = policy is not None and policy.max_size is not None and size >= policy.max_size
             run_at = new.run_at if new.run_at is not None else now + new.delay
-            state = "dropped" if full else ("waiting" if run_at > now else "queued")
-            sizes[new.channel] = size if full else size + 1
-            record = JobRecord.new(queue, new, state, now, run_at)
+            state = initial_state(full, run_at, now, parents)
+            sizes[new.channel] = size if state in ("dropped", "failed") else size + 1
+            record = JobRecord.new(queue, new, state, now, run_at, parents.doomed)
+            if state not in ("dropped", "failed") and parents.waiting_for:
+                waits[new.id] = parents.waiting_for
             records.append(record)
             if new.dedup_key is not None and state != "dropped":
                 pending[(new.channel, new.dedup_key)] = record
-        for record, new in zip(records, jobs, strict=True):
-            if not record.deduplicated:
-                data.jobs[record.id] = record
-                data.order[record.id] = next(self._arrivals)
-                if new.depends_on and record.state != "dropped":
-                    data.parents_left[record.id] = len(set(new.depends_on))
-                    for parent in set(new.depends_on):
-                        data.children.setdefault(parent, []).append((record.id, new.cascade))
+        self._store(data, records, jobs, waits)
         return records
 
     @staticmethod
-    def _check_parents(data: _QueueData, queue: str, new: NewJob, earlier: list[JobRecord]) -> None:
+    def _channel_size(data: _QueueData, channel: str) -> int:
+        return sum(
+            1 for j in data.jobs.values() if j.channel == channel and j.state in WAITING_STATES
+        )
+
+    def _store(
+        self,
+        data: _QueueData,
+        records: list[JobRecord],
+        jobs: Sequence[NewJob],
+        waits: dict[str, tuple[str, ...]],
+    ) -> None:
+        """Make a validated batch visible (nothing before: the batch is all or nothing)."""
+        for record, new in zip(records, jobs, strict=True):
+            if record.deduplicated:
+                continue
+            data.jobs[record.id] = record
+            data.order[record.id] = next(self._arrivals)
+            for parent in waits.get(record.id, ()):
+                data.children.setdefault(parent, []).append((record.id, new.cascade))
+            if record.id in waits:
+                data.parents_left[record.id] = len(waits[record.id])
+
+    @staticmethod
+    def _parents(data: _QueueData, queue: str, new: NewJob, earlier: list[JobRecord]) -> Parents:
         batch = {r.id: r for r in earlier if not r.deduplicated}
+        states: dict[str, tuple[str, float | None] | None] = {}
         for parent in new.depends_on:
             job = data.jobs.get(parent) or batch.get(parent)
-            if job is None:
-                raise DependencyError(
-                    f"job {new.id}: parent {parent!r} does not exist in queue {queue!r}"
-                )
-            if job.state not in ("waiting", "queued") or job.started_at is not None:
-                raise DependencyError(
-                    f"job {new.id}: parent {parent!r} already started ({job.state}); "
-                    "a job can only depend on jobs that have not started"
-                )
+            states[parent] = None if job is None else (job.state, job.started_at)
+        return parents_of(queue, new, states)
 
     @staticmethod
     def _resolve(data: _QueueData, ended: list[tuple[str, str]], now: float) -> None:
@@ -142,8 +155,13 @@ class MemoryBackend:
                 if job is None or job.state not in ("waiting", "queued"):
                     continue
                 if state == "succeeded" or not cascade:
-                    data.parents_left[child] = data.parents_left.get(child, 1) - 1
+                    left = data.parents_left.get(child, 1) - 1
+                    if left > 0:
+                        data.parents_left[child] = left
+                    else:
+                        data.parents_left.pop(child, None)
                     continue
+                data.parents_left.pop(child, None)
                 error = f"dependency {parent} ended {state}"
                 data.jobs[child] = replace(job, state="failed", finished_at=now, error=error)
                 pending.append((child, "failed"))

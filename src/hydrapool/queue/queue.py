@@ -296,6 +296,11 @@ class Task(Generic[P, R]):
         """
         if delay is not None and run_at is not None:
             raise ValueError("give delay= or run_at=, not both")
+        if dedup_key is not None and depends_on:
+            raise ValueError(
+                "dedup_key and depends_on do not mix: a deduplicated enqueue returns a job "
+                "that may wait for other parents"
+            )
         if priority is not None:
             _priority(priority)
         if retry is not None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from hydrapool.backends._deps import Parents, initial_state, parents_of, with_aliases
 from hydrapool.backends._fair import Candidates, pick
 from hydrapool.backends._sql import load_queries, migrations
 from hydrapool.backends.base import (
@@ -39,7 +40,6 @@ from hydrapool.backends.base import (
     PoolSnapshot,
     ScheduleRecord,
 )
-from hydrapool.exceptions import DependencyError
 
 T = TypeVar("T")
 Q = load_queries(__package__ or "hydrapool.backends.sqlite")
@@ -221,20 +221,16 @@ class SqliteBackend:
                 params = {"queue": queue, "id": child, "now": now, "error": error}
                 if conn.execute(Q["dep_fail"], params).rowcount:
                     pending.append((child, "failed"))
+            conn.execute(Q["dep_forget"], {"queue": queue, "parent": parent})
 
     @staticmethod
-    def _check_parents(conn: sqlite3.Connection, queue: str, new: NewJob) -> None:
+    def _parents(conn: sqlite3.Connection, queue: str, new: NewJob) -> Parents:
+        """The parents still to wait for, and the first that ended without success."""
+        states = {}
         for parent in new.depends_on:
             row = conn.execute(Q["dep_parent_state"], {"queue": queue, "id": parent}).fetchone()
-            if row is None:
-                raise DependencyError(
-                    f"job {new.id}: parent {parent!r} does not exist in {queue!r}"
-                )
-            if row["state"] not in ("waiting", "queued") or row["started_at"] is not None:
-                raise DependencyError(
-                    f"job {new.id}: parent {parent!r} already started ({row['state']}); "
-                    "a job can only depend on jobs that have not started"
-                )
+            states[parent] = None if row is None else (row["state"], row["started_at"])
+        return parents_of(queue, new, states)
 
     def _insert_in(
         self, conn: sqlite3.Connection, queue: str, jobs: Sequence[NewJob], now: float
@@ -242,12 +238,15 @@ class SqliteBackend:
         """Insert inside an open write transaction."""
         out = []
         sizes: dict[str, tuple[int, int | None]] = {}
+        alias: dict[str, str] = {}  # a new id that was deduplicated -> its twin's id
         for new in jobs:
+            new = with_aliases(new, alias)
             twin = self._dedup_twin(conn, queue, new)
             if twin is not None:
+                alias[new.id] = twin.id
                 out.append(replace(twin, deduplicated=True))
                 continue
-            self._check_parents(conn, queue, new)
+            parents = self._parents(conn, queue, new)
             if new.channel not in sizes:
                 conn.execute(Q["channel_touch"], {"queue": queue, "channel": new.channel})
                 policy = conn.execute(
@@ -260,9 +259,10 @@ class SqliteBackend:
             size, max_size = sizes[new.channel]
             full = max_size is not None and size >= max_size
             run_at = new.run_at if new.run_at is not None else now + new.delay
-            state = "dropped" if full else ("waiting" if run_at > now else "queued")
+            state = initial_state(full, run_at, now, parents)
             if not full:
                 sizes[new.channel] = (size + 1, max_size)
+            record = JobRecord.new(queue, new, state, now, run_at, parents.doomed)
             params = {
                 "id": new.id,
                 "queue": queue,
@@ -274,11 +274,11 @@ class SqliteBackend:
                 "payload": new.payload,
                 "now": now,
                 "run_at": run_at,
-                "finished_at": now if full else None,
-                "error": "channel full" if full else None,
+                "finished_at": record.finished_at,
+                "error": record.error,
                 "max_processing": new.max_processing,
                 "dedup_key": new.dedup_key,
-                "parents_left": len(new.depends_on),
+                "parents_left": len(parents.waiting_for),
                 "cascade": int(new.cascade),
             }
             try:
@@ -290,9 +290,11 @@ class SqliteBackend:
                     raise
                 out.append(replace(twin, deduplicated=True))
                 continue
-            for parent in new.depends_on:
-                conn.execute(Q["dep_insert"], {"queue": queue, "parent": parent, "child": new.id})
-            out.append(JobRecord.new(queue, new, state, now, run_at))
+            if state not in ("dropped", "failed"):
+                for parent in parents.waiting_for:
+                    edge = {"queue": queue, "parent": parent, "child": new.id}
+                    conn.execute(Q["dep_insert"], edge)
+            out.append(record)
         return out
 
     def job_insert_in_transaction(

@@ -26,6 +26,9 @@ VALUES
 -- name: dep_parent_state
 SELECT state, started_at FROM hydrapool_jobs WHERE id = :id AND +queue = :queue;
 
+-- name: dep_forget
+DELETE FROM hydrapool_deps WHERE queue = :queue AND parent = :parent;
+
 -- name: dep_insert
 INSERT OR IGNORE INTO hydrapool_deps (queue, parent, child) VALUES (:queue, :parent, :child);
 
