@@ -208,20 +208,27 @@ class SqliteBackend:
     def _resolve(
         conn: sqlite3.Connection, queue: str, ended: list[tuple[str, str]], now: float
     ) -> None:
-        """Tell the children of jobs that just ended: release them, or fail them in cascade."""
-        pending = list(ended)
-        while pending:
-            parent, state = pending.pop()
-            children = conn.execute(Q["dep_children"], {"queue": queue, "parent": parent})
-            for child, cascade in children.fetchall():
+        """Tell the children of jobs that just ended: release them, or fail them in cascade.
+
+        One query per cascade level for the whole batch, so finishing jobs that
+        have no children (the common case) costs a single indexed lookup.
+        """
+        level = dict(ended)  # job id -> how it ended
+        while level:
+            parents = json.dumps(list(level))
+            rows = conn.execute(Q["dep_children"], {"queue": queue, "parents": parents}).fetchall()
+            nxt: dict[str, str] = {}
+            for parent, child, cascade in rows:
+                state = level[parent]
                 if state == "succeeded" or not cascade:
                     conn.execute(Q["dep_release"], {"queue": queue, "id": child})
                     continue
                 error = f"dependency {parent} ended {state}"
                 params = {"queue": queue, "id": child, "now": now, "error": error}
                 if conn.execute(Q["dep_fail"], params).rowcount:
-                    pending.append((child, "failed"))
-            conn.execute(Q["dep_forget"], {"queue": queue, "parent": parent})
+                    nxt[child] = "failed"
+            conn.execute(Q["dep_forget"], {"queue": queue, "parents": parents})
+            level = nxt
 
     @staticmethod
     def _parents(conn: sqlite3.Connection, queue: str, new: NewJob) -> Parents:

@@ -27,15 +27,18 @@ VALUES
 SELECT state, started_at FROM hydrapool_jobs WHERE id = :id AND +queue = :queue;
 
 -- name: dep_forget
-DELETE FROM hydrapool_deps WHERE queue = :queue AND parent = :parent;
+DELETE FROM hydrapool_deps
+WHERE queue = :queue AND parent IN (SELECT value FROM json_each(:parents));
 
 -- name: dep_insert
 INSERT OR IGNORE INTO hydrapool_deps (queue, parent, child) VALUES (:queue, :parent, :child);
 
 -- name: dep_children
-SELECT c.id, c.cascade FROM hydrapool_deps AS d
+-- The waiting children of a batch of jobs that just ended (one query per batch).
+SELECT d.parent, c.id, c.cascade FROM hydrapool_deps AS d
 JOIN hydrapool_jobs AS c ON c.id = d.child
-WHERE d.queue = :queue AND d.parent = :parent AND c.state IN ('waiting', 'queued');
+WHERE d.queue = :queue AND d.parent IN (SELECT value FROM json_each(:parents))
+  AND c.state IN ('waiting', 'queued');
 
 -- name: dep_release
 UPDATE hydrapool_jobs SET parents_left = parents_left - 1 WHERE id = :id AND +queue = :queue;
