@@ -20,6 +20,7 @@ from hydrapool.exceptions import (
 )
 from hydrapool.pool import DrainResult, Pool, PoolStatistics
 from hydrapool.queue.coordinator import Coordinator, CoordinatorReport
+from hydrapool.queue.events import Event, EventType
 from hydrapool.queue.job import Job, JobState
 from hydrapool.queue.queue import Channel, Queue, QueueSnapshot, Task, TaskCall
 from hydrapool.queue.schedules import Schedule
@@ -58,6 +59,8 @@ __all__ = [
     "Decision",
     "DependencyError",
     "DrainResult",
+    "Event",
+    "EventType",
     "Fail",
     "FailedBatch",
     "GroupStatistics",

@@ -123,7 +123,8 @@ async def test_late_report_from_an_expired_lease_is_refused(queue: hp.Queue) -> 
     [c] = await queue.backend.job_claim(params)
     await asyncio.sleep(0.1)
     ok = await queue.backend.job_finish_many(queue.name, [Finish(c.job.id, c.lease, "succeeded")])
-    assert ok == [False]
+    assert ok.applied == [False]
+    assert ok.states == [None]
     beat = await queue.backend.job_heartbeat_many(queue.name, {c.job.id: c.lease}, 30)
     assert beat.kept == frozenset()
 
@@ -138,7 +139,7 @@ async def test_heartbeat_extends_the_lease(queue: hp.Queue) -> None:
     ok = await queue.backend.job_finish_many(
         queue.name, [Finish(c.job.id, c.lease, "succeeded", result="1")]
     )
-    assert ok == [True]
+    assert ok.states == ["succeeded"]
 
 
 async def test_coordinator_retries_an_expired_job_then_fails_it(queue: hp.Queue) -> None:
@@ -196,7 +197,8 @@ async def test_release_due_moves_waiting_jobs_to_queued(queue: hp.Queue) -> None
     job = await queue._task_of("job").options(delay=0.02).enqueue("x")
     assert job.state is hp.JobState.WAITING
     await asyncio.sleep(0.05)
-    assert await queue.backend.job_release_due(queue.name) == 1
+    [moved] = await queue.backend.job_release_due(queue.name)
+    assert (moved.job_id, moved.old, moved.new) == (job.id, "waiting", "queued")
     fresh = await job.refresh()
     assert fresh.state is hp.JobState.QUEUED
 
@@ -206,7 +208,8 @@ async def test_retention_deletes_old_ended_jobs(queue: hp.Queue) -> None:
     dropped = await enqueue(queue, "gone", channel="tiny")
     kept = await enqueue(queue, "kept")
     await asyncio.sleep(0.02)
-    assert await queue.backend.job_delete_finished(queue.name, 0.01) == 1
+    [gone] = await queue.backend.job_delete_finished(queue.name, 0.01)
+    assert (gone.job_id, gone.old, gone.new) == (dropped.id, "dropped", "deleted")
     assert await queue.get_job(dropped.id) is None
     assert await queue.get_job(kept.id) is not None
 

@@ -18,12 +18,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from hydrapool.queue.events import Event
+
 __all__ = [
     "Backend",
+    "CancelResult",
+    "Change",
     "ChannelPolicy",
     "Claim",
     "ClaimParams",
     "Finish",
+    "FinishResult",
     "Heartbeat",
     "JobRecord",
     "NewJob",
@@ -150,6 +155,7 @@ class Claim:
     job: JobRecord
     lease: str
     lease_expires_at: float
+    was: str = "queued"  # the state it was claimed from (waiting, queued or retrying)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +176,47 @@ class Finish:
     error: str | None = None
     delay: float = 0.0
     expired: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A job the backend moved as a consequence of another step, for the core's events.
+
+    ``parent`` is set when a parent ending moved (or merely told) this child:
+    ``parent_state`` is how it ended. ``new`` is ``"deleted"`` for deletions.
+    """
+
+    job_id: str
+    channel: str
+    task: str
+    attempts: int
+    old: str
+    new: str
+    parent: str | None = None
+    parent_state: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FinishResult:
+    """Per finish, the state the job ended up in (None: refused), and what followed."""
+
+    states: list[str | None]
+    changes: list[Change] = field(default_factory=list)
+
+    @property
+    def applied(self) -> list[bool]:
+        """True where the decision was applied."""
+        return [s is not None for s in self.states]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """The job after a cancel (None: unknown), whether this call ended it, and what followed."""
+
+    job: JobRecord | None
+    ended: bool = False
+    changes: list[Change] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,11 +278,11 @@ class Backend(Protocol):
     ) -> Heartbeat:
         """Extend the given ``{job_id: lease}`` by ``lease`` seconds where still ours."""
 
-    async def job_finish_many(self, queue: str, finishes: Sequence[Finish]) -> list[bool]:
-        """Apply each decision if its lease still matches; True where applied."""
+    async def job_finish_many(self, queue: str, finishes: Sequence[Finish]) -> FinishResult:
+        """Apply each decision if its lease still matches; children of ended jobs follow."""
 
-    async def job_cancel(self, queue: str, job_id: str) -> JobRecord | None:
-        """Cancel a job not yet running; flag a running one. None if unknown."""
+    async def job_cancel(self, queue: str, job_id: str) -> CancelResult:
+        """Cancel a job not yet running; flag a running one."""
 
     async def job_get(self, queue: str, job_id: str) -> JobRecord | None:
         """One job, or None."""
@@ -248,12 +295,12 @@ class Backend(Protocol):
     async def job_expired(self, queue: str, limit: int) -> list[JobRecord]:
         """Running jobs whose lease (or max_processing) ran out."""
 
-    async def job_release_due(self, queue: str) -> int:
-        """Move due ``waiting``/``retrying`` jobs to ``queued``; returns how many."""
+    async def job_release_due(self, queue: str) -> list[Change]:
+        """Move due ``waiting``/``retrying`` jobs (with no parent left) to ``queued``."""
 
     async def job_delete_finished(
         self, queue: str, older_than: float, *, state: str | None = None
-    ) -> int:
+    ) -> list[Change]:
         """Delete jobs that ended more than ``older_than`` seconds ago (of ``state`` only)."""
 
     async def pool_stats(self, queue: str) -> PoolSnapshot:
@@ -288,6 +335,21 @@ class Backend(Protocol):
 
     async def leader_try(self, queue: str, name: str, owner: str, ttl: float) -> bool:
         """Take or renew the named lease for ``owner``; True if ``owner`` holds it now."""
+
+    async def event_publish(self, queue: str, events: Sequence[Event]) -> list[Event]:
+        """Store events (the core made them); returns them numbered (``seq``) and dated."""
+
+    async def event_read(self, queue: str, after: int, limit: int) -> list[Event]:
+        """Events with ``seq`` above ``after``, oldest first."""
+
+    async def event_last(self, queue: str) -> int:
+        """The newest event's ``seq`` (0 when there is none)."""
+
+    async def event_wait(self, queue: str, after: int, timeout: float) -> None:
+        """Return when an event newer than ``after`` may exist, or after ``timeout``."""
+
+    async def event_trim(self, queue: str, older_than: float) -> int:
+        """Delete events older than ``older_than`` seconds; returns how many."""
 
     async def work_wait(self, queue: str, timeout: float) -> None:
         """Return when new work may be due, or after ``timeout`` seconds."""

@@ -10,25 +10,35 @@ import asyncio
 import itertools
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from hydrapool.backends._deps import Parents, initial_state, parents_of, with_aliases
 from hydrapool.backends._fair import Candidates, pick
 from hydrapool.backends.base import (
+    CancelResult,
+    Change,
     ChannelPolicy,
     Claim,
     ClaimParams,
     Finish,
+    FinishResult,
     Heartbeat,
     JobRecord,
     NewJob,
     PoolSnapshot,
     ScheduleRecord,
 )
+from hydrapool.queue.events import Event
 
 WAITING_STATES = ("waiting", "queued", "retrying")  # not running, not ended
 TERMINAL_STATES = ("succeeded", "failed", "cancelled", "dropped")
+MAX_EVENTS = 100_000  # per queue: the oldest go first when no coordinator trims them
+
+
+def _change(job: JobRecord, new: str, **more: str | None) -> Change:
+    return Change(job.id, job.channel, job.task, job.attempts, job.state, new, **more)
 
 
 @dataclass(slots=True)
@@ -42,6 +52,8 @@ class _QueueData:
     schedules: dict[tuple[str, str], ScheduleRecord] = field(default_factory=dict)
     parents_left: dict[str, int] = field(default_factory=dict)  # job -> parents not yet done
     children: dict[str, list[tuple[str, bool]]] = field(default_factory=dict)  # (child, cascade)
+    events: deque[Event] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
+    event_seq: int = 0
 
 
 class MemoryBackend:
@@ -53,6 +65,7 @@ class MemoryBackend:
         self._arrivals = itertools.count()
         self._leaders: dict[tuple[str, str], tuple[str, float]] = {}
         self._wakers: dict[str, asyncio.Event] = {}
+        self._event_wakers: dict[str, asyncio.Event] = {}
 
     def _q(self, queue: str) -> _QueueData:
         data = self._queues.get(queue)
@@ -145,8 +158,9 @@ class MemoryBackend:
         return parents_of(queue, new, states)
 
     @staticmethod
-    def _resolve(data: _QueueData, ended: list[tuple[str, str]], now: float) -> None:
+    def _resolve(data: _QueueData, ended: list[tuple[str, str]], now: float) -> list[Change]:
         """Tell the children of jobs that just ended: release them, or fail them in cascade."""
+        changes: list[Change] = []
         pending = list(ended)
         while pending:
             parent, state = pending.pop()
@@ -154,17 +168,24 @@ class MemoryBackend:
                 job = data.jobs.get(child)
                 if job is None or job.state not in ("waiting", "queued"):
                     continue
+                told = {"parent": parent, "parent_state": state}
                 if state == "succeeded" or not cascade:
                     left = data.parents_left.get(child, 1) - 1
                     if left > 0:
                         data.parents_left[child] = left
-                    else:
-                        data.parents_left.pop(child, None)
+                        changes.append(_change(job, job.state, **told))
+                        continue
+                    data.parents_left.pop(child, None)
+                    new = "queued" if job.state == "waiting" and job.run_at <= now else job.state
+                    data.jobs[child] = replace(job, state=new)
+                    changes.append(_change(job, new, **told))
                     continue
                 data.parents_left.pop(child, None)
                 error = f"dependency {parent} ended {state}"
                 data.jobs[child] = replace(job, state="failed", finished_at=now, error=error)
+                changes.append(_change(job, "failed", error=error, **told))
                 pending.append((child, "failed"))
+        return changes
 
     @staticmethod
     def _dedup_twin(
@@ -233,6 +254,7 @@ class MemoryBackend:
         expires = now + params.lease
         for _, job_id in chosen:
             token = uuid.uuid4().hex
+            was = data.jobs[job_id].state
             job = replace(
                 data.jobs[job_id],
                 state="running",
@@ -243,7 +265,7 @@ class MemoryBackend:
                 worker=params.worker,
             )
             data.jobs[job_id] = job
-            claims.append(Claim(job, token, expires))
+            claims.append(Claim(job, token, expires, was))
         return claims
 
     async def job_heartbeat_many(
@@ -265,23 +287,28 @@ class MemoryBackend:
                 cancel.add(job_id)
         return Heartbeat(frozenset(kept), frozenset(cancel))
 
-    async def job_finish_many(self, queue: str, finishes: Sequence[Finish]) -> list[bool]:
+    async def job_finish_many(self, queue: str, finishes: Sequence[Finish]) -> FinishResult:
         """Apply each decision if its lease still matches (and is valid, or expired for rescue)."""
         data = self._q(queue)
         now = time.time()
-        return [self._finish_one(data, f, now) for f in finishes]
+        followed: list[Change] = []
+        states = [self._finish_one(data, f, now, followed) for f in finishes]
+        return FinishResult(states, followed)
 
-    def _finish_one(self, data: _QueueData, finish: Finish, now: float) -> bool:
+    def _finish_one(
+        self, data: _QueueData, finish: Finish, now: float, followed: list[Change]
+    ) -> str | None:
         job = data.jobs.get(finish.job_id)
         if job is None or job.state != "running" or job.lease != finish.lease:
-            return False
+            return None
         expired = job.lease_expires_at is not None and job.lease_expires_at < now
         if expired != finish.expired:
-            return False
+            return None
         state = finish.state
         if job.cancel_requested and state in ("retrying", "queued"):
             state = "cancelled"  # a job someone asked to cancel is not tried again
-        changes: dict[str, object] = {"state": state, "lease": None, "worker": None}
+        # The worker stays recorded: who ran the last attempt.
+        changes: dict[str, object] = {"state": state, "lease": None}
         if state == "cancelled" and finish.state != "cancelled":
             changes["finished_at"] = now
         if state in TERMINAL_STATES and state == finish.state:
@@ -294,23 +321,26 @@ class MemoryBackend:
             changes.update(attempts=job.attempts - 1, run_at=now, started_at=None)
         data.jobs[job.id] = replace(job, lease_expires_at=None, **changes)  # type: ignore[arg-type]
         if state in TERMINAL_STATES:
-            self._resolve(data, [(job.id, state)], now)
-        return True
+            followed += self._resolve(data, [(job.id, state)], now)
+        return state
 
-    async def job_cancel(self, queue: str, job_id: str) -> JobRecord | None:
+    async def job_cancel(self, queue: str, job_id: str) -> CancelResult:
         """Cancel a waiting job; flag a running one for its worker."""
         data = self._q(queue)
         job = data.jobs.get(job_id)
         if job is None:
-            return None
+            return CancelResult(None)
         if job.state in WAITING_STATES:
             job = replace(job, state="cancelled", finished_at=time.time())
             data.jobs[job_id] = job
-            self._resolve(data, [(job_id, "cancelled")], time.time())
-        elif job.state == "running":
+            data.parents_left.pop(job_id, None)
+            return CancelResult(
+                job, True, self._resolve(data, [(job_id, "cancelled")], time.time())
+            )
+        if job.state == "running":
             job = replace(job, cancel_requested=True)
-        data.jobs[job_id] = job
-        return job
+            data.jobs[job_id] = job
+        return CancelResult(job)
 
     async def job_get(self, queue: str, job_id: str) -> JobRecord | None:
         """One job, or None."""
@@ -351,34 +381,38 @@ class MemoryBackend:
                 break
         return out
 
-    async def job_release_due(self, queue: str) -> int:
-        """waiting/retrying -> queued once due."""
+    async def job_release_due(self, queue: str) -> list[Change]:
+        """waiting/retrying -> queued once due (and no parent is left to wait for)."""
         data = self._q(queue)
         now = time.time()
-        moved = 0
+        moved = []
         for job in list(data.jobs.values()):
-            if job.state in ("waiting", "retrying") and job.run_at <= now:
+            if (
+                job.state in ("waiting", "retrying")
+                and job.run_at <= now
+                and not data.parents_left.get(job.id)
+            ):
                 data.jobs[job.id] = replace(job, state="queued")
-                moved += 1
+                moved.append(_change(job, "queued"))
         return moved
 
     async def job_delete_finished(
         self, queue: str, older_than: float, *, state: str | None = None
-    ) -> int:
+    ) -> list[Change]:
         """Delete jobs that ended long enough ago (of one state, if given)."""
         data = self._q(queue)
         cutoff = time.time() - older_than
         old = [
-            j.id
+            j
             for j in data.jobs.values()
             if j.finished_at is not None
             and j.finished_at < cutoff
             and (state is None or j.state == state)
         ]
-        for job_id in old:
-            del data.jobs[job_id]
-            del data.order[job_id]
-        return len(old)
+        for job in old:
+            del data.jobs[job.id]
+            del data.order[job.id]
+        return [_change(job, "deleted") for job in old]
 
     async def pool_stats(self, queue: str) -> PoolSnapshot:
         """Counts by state and channel, running jobs, limits."""
@@ -449,6 +483,54 @@ class MemoryBackend:
             self._leaders[(queue, name)] = (owner, now + ttl)
             return True
         return False
+
+    # ── events ─────────────────────────────────────────────────────────────
+    async def event_publish(self, queue: str, events: Sequence[Event]) -> list[Event]:
+        """Number, date and keep events (the oldest go beyond MAX_EVENTS per queue)."""
+        data = self._q(queue)
+        now = time.time()
+        out = []
+        for event in events:
+            data.event_seq += 1
+            out.append(replace(event, seq=data.event_seq, time=now))
+        data.events.extend(out)
+        waker = self._event_wakers.get(queue)
+        if waker is not None and out:
+            waker.set()
+        return out
+
+    async def event_read(self, queue: str, after: int, limit: int) -> list[Event]:
+        """Events after ``after``, oldest first."""
+        events = self._q(queue).events
+        if not events or events[-1].seq <= after:
+            return []
+        start = max(0, len(events) - (events[-1].seq - after))  # seqs are consecutive
+        return list(itertools.islice(events, start, start + limit))
+
+    async def event_last(self, queue: str) -> int:
+        """The newest event's number."""
+        return self._q(queue).event_seq
+
+    async def event_wait(self, queue: str, after: int, timeout: float) -> None:
+        """Wait for an event after ``after`` (or the timeout)."""
+        if self._q(queue).event_seq > after:
+            return
+        waker = self._event_wakers.setdefault(queue, asyncio.Event())
+        waker.clear()
+        try:
+            await asyncio.wait_for(waker.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def event_trim(self, queue: str, older_than: float) -> int:
+        """Forget events older than ``older_than`` seconds."""
+        events = self._q(queue).events
+        cutoff = time.time() - older_than
+        trimmed = 0
+        while events and events[0].time < cutoff:
+            events.popleft()
+            trimmed += 1
+        return trimmed
 
     async def work_wait(self, queue: str, timeout: float) -> None:
         """Wait for a local enqueue (or the timeout)."""

@@ -7,7 +7,11 @@ only one acts at a time, whatever the number of workers and machines. Duties:
   that ran past ``max_processing`` is retried if attempts remain, else failed;
 - release: waiting and retrying jobs whose time has come become ``queued``
   (claims take due jobs anyway; this keeps states honest for observers);
-- retention: ended jobs older than the queue's ``retention`` are deleted.
+- retention: ended jobs older than the queue's ``retention`` are deleted,
+  and events older than its ``event_retention``.
+
+Each duty emits the events of what it moved (lease_expired, released,
+unlocked, a tick's enqueued, deleted).
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hydrapool.backends.base import Finish, JobRecord
-from hydrapool.queue._reports import store_finishes
+from hydrapool.backends.base import Change, Finish, JobRecord
+from hydrapool.queue import events as ev
+from hydrapool.queue._reports import Stored, store_finishes
 from hydrapool.queue.queue import retry_from_json
 from hydrapool.queue.schedules import next_run, tick_job
 
@@ -42,6 +47,7 @@ class CoordinatorReport:
     released: int = 0
     deleted: int = 0
     fired: int = 0  # schedule ticks that enqueued a job
+    events_deleted: int = 0
 
 
 def rescue_decision(record: JobRecord) -> Finish:
@@ -78,7 +84,9 @@ class Coordinator:
             return CoordinatorReport(leader=False)
         expired = await backend.job_expired(name, 500)
         decisions = [rescue_decision(r) for r in expired]
-        applied = await self._apply(decisions)
+        stored = await self._apply(decisions)
+        self.queue._emit(stored.events(name, decisions, expired, None))
+        applied = stored.applied
         rescued = sum(
             1 for d, ok in zip(decisions, applied, strict=True) if ok and d.state != "failed"
         )
@@ -91,14 +99,18 @@ class Coordinator:
                 if decision.state == "failed":
                     self.queue._job_ended(decision.job_id)
         released = await backend.job_release_due(name)
+        self.queue._emit(ev.for_changes(name, released))
         fired = await self._fire_schedules()
-        deleted = 0
+        deleted: list[Change] = []
+        trimmed = 0
         self._passes += 1
         if self._passes % 60 == 1:
             deleted = await backend.job_delete_finished(name, self.queue.retention)
+            self.queue._emit(ev.for_changes(name, deleted))
+            trimmed = await backend.event_trim(name, self.queue.event_retention)
         if rescued or failed or released or fired:
             self.queue._notify()
-        return CoordinatorReport(True, rescued, failed, released, deleted, fired)
+        return CoordinatorReport(True, rescued, failed, len(released), len(deleted), fired, trimmed)
 
     async def _fire_schedules(self) -> int:
         """Enqueue one job for every due schedule; missed ticks fire once."""
@@ -113,13 +125,15 @@ class Coordinator:
             except Exception:
                 logger.exception("schedule %r could not fire", record.name)
                 continue
-            fired += job is not None
+            if job is not None:
+                fired += 1
+                self.queue._emit(ev.for_inserts([job], detail=f"schedule {record.name}"))
         return fired
 
-    async def _apply(self, decisions: list[Finish]) -> list[bool]:
+    async def _apply(self, decisions: list[Finish]) -> Stored:
         """Store rescue decisions; one bad decision must not block the others."""
         if not decisions:
-            return []
+            return Stored([])
         return await store_finishes(self.queue.backend, self.queue.name, decisions)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:

@@ -31,6 +31,8 @@ from hydrapool._callables import is_async_callable
 from hydrapool.backends import backend_from_url
 from hydrapool.backends.base import Backend, ChannelPolicy, JobRecord, NewJob, ScheduleRecord
 from hydrapool.exceptions import JobFailed, PayloadError
+from hydrapool.queue import events as ev
+from hydrapool.queue._stream import EventStream, Publisher, dispatch
 from hydrapool.queue.job import TERMINAL, Job, JobState
 from hydrapool.queue.schedules import Schedule, next_run, spec_json
 from hydrapool.queue.schedules import snapshot as schedule_snapshot
@@ -374,7 +376,8 @@ class Queue:
 
     ``name`` namespaces everything this queue stores, so many queues share one
     SQLite file, PostgreSQL database or Redis. ``retention`` is how long
-    ended jobs (and their results) are kept, in seconds.
+    ended jobs (and their results) are kept, in seconds; ``event_retention``
+    the same for events. The coordinator deletes what is older.
     """
 
     def __init__(
@@ -383,17 +386,23 @@ class Queue:
         name: str = "default",
         *,
         retention: float = 86400.0,
+        event_retention: float = 3600.0,
         backend: Backend | None = None,
     ) -> None:
         self.url = url
         self.name = check_name("queue", name)
         self.retention = _number("retention", retention)
+        self.event_retention = _number("event_retention", event_retention)
         self.backend: Backend = backend if backend is not None else backend_from_url(url)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._opened = False
         self._opening = asyncio.Lock()
         self._local_workers: set[Worker] = set()
         self._ended: dict[str, asyncio.Event] = {}
+        self._publisher = Publisher(self)
+        self._subscribers: set[asyncio.Task[None]] = set()
+        self._epoch = 0  # + 1 at each close: streams of an earlier opening end
+        self._closing = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} on {self.url}>"
@@ -492,9 +501,15 @@ class Queue:
             if insert is None:
                 raise TypeError(f"the {self.url.split(':')[0]} backend has no caller transactions")
             records = insert(tx.connection, self.name, new_jobs)
+            # The events are part of the caller's transaction: stored only if it commits.
+            publish = getattr(backend, "event_publish_in_transaction", None)
+            if publish is not None:
+                publish(tx.connection, self.name, ev.for_inserts(records))
         else:
             records = await backend.job_insert_many(self.name, new_jobs)
             self._notify()
+            # Stored before enqueue returns, so a worker's events never come first.
+            await self._publisher.wait_for(self._emit(ev.for_inserts(records)))
         return [self._job(r) for r in records]
 
     @contextlib.asynccontextmanager
@@ -518,6 +533,71 @@ class Queue:
 
     def _notify(self) -> None:
         self.backend.work_notify(self.name)
+
+    # ── events ─────────────────────────────────────────────────────────────
+    def _emit(self, events: list[ev.Event]) -> int:
+        """Hand events to the publisher (stored in the background, in order)."""
+        return self._publisher.add(events)
+
+    def events(
+        self,
+        types: Iterable[ev.EventType | str] | str | None = None,
+        channel: str | None = None,
+        *,
+        after: int | None = None,
+    ) -> EventStream:
+        """Follow the queue's job events, in every process, oldest first.
+
+        ``types`` keeps some event types (``{"failed", "finalized"}``),
+        ``channel`` one channel. Without ``after`` the stream starts at this
+        call: events stored later are delivered, from this process at once,
+        from others as soon as the backend tells (SQLite: a few ms). With
+        ``after=seq`` it resumes after a known event, as long as retention
+        kept it. The iteration ends when the queue is closed; ``async with
+        queue.events() as stream:`` fixes the start before the body runs.
+        """
+        wanted = ev.event_types(types)
+        if channel is not None:
+            check_name("channel", channel)
+        if after is not None:
+            after = _count("after", after, minimum=0)
+        return EventStream(self, wanted, channel, after)
+
+    def on_event(
+        self,
+        callback: Callable[[ev.Event], Any],
+        *,
+        types: Iterable[ev.EventType | str] | str | None = None,
+        channel: str | None = None,
+    ) -> Callable[[], None]:
+        """Call ``callback(event)`` for every event from now on; returns ``unsubscribe()``.
+
+        The callback runs on the event loop, one event at a time in order (an
+        ``async def`` one is awaited); what it raises is logged and skipped.
+        Needs a running event loop; ``close()`` ends every subscription.
+        """
+        if not callable(callback):
+            raise TypeError(f"on_event takes a callable, got {callback!r}")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError("queue.on_event() needs a running event loop") from None
+        stream = self.events(types, channel)
+        task = loop.create_task(dispatch(stream, callback))
+        self._subscribers.add(task)
+        task.add_done_callback(self._subscribers.discard)
+
+        def unsubscribe() -> None:
+            task.cancel()
+            stream._closed = True
+
+        return unsubscribe
+
+    async def purge_events(self, *, older_than: float = 0.0) -> int:
+        """Delete events stored more than ``older_than`` seconds ago; returns how many."""
+        age = _number("older_than", older_than)
+        await self._publisher.flush()
+        return await (await self._backend_ready()).event_trim(self.name, age)
 
     # ── reading ────────────────────────────────────────────────────────────
     def _job(self, record: JobRecord) -> Job:
@@ -613,9 +693,12 @@ class Queue:
     # ── control ────────────────────────────────────────────────────────────
     async def cancel(self, job_id: str) -> Job | None:
         """Cancel a job: a waiting one never runs; a running one is cancelled in its worker."""
-        record = await (await self._backend_ready()).job_cancel(self.name, job_id)
+        outcome = await (await self._backend_ready()).job_cancel(self.name, job_id)
+        record = outcome.job
         if record is None:
             return None
+        if outcome.ended:
+            self._emit(ev.for_cancel(record) + ev.for_changes(self.name, outcome.changes))
         for worker in list(self._local_workers):
             worker._cancel_local(job_id)
         if record.state == "cancelled":
@@ -637,9 +720,11 @@ class Queue:
             )
         age = _number("older_than", older_than)
         backend = await self._backend_ready()
-        return await backend.job_delete_finished(
+        deleted = await backend.job_delete_finished(
             self.name, age, state=None if ending is None else str(ending)
         )
+        self._emit(ev.for_changes(self.name, deleted))
+        return len(deleted)
 
     # ── schedules ──────────────────────────────────────────────────────────
     async def schedule(
@@ -736,8 +821,15 @@ class Queue:
         return self.backend
 
     async def close(self) -> None:
-        """Close the backend's connections."""
+        """Store pending events, end event streams and subscriptions, close connections."""
         if self._opened:
+            await self._publisher.flush()
+            self._epoch += 1
+            self._closing.set()
+            self._closing = asyncio.Event()
+            for task in list(self._subscribers):
+                task.cancel()
+            await asyncio.gather(*self._subscribers, return_exceptions=True)
             self._opened = False
             await self.backend.close()
 

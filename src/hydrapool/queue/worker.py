@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from hydrapool._callables import call_maybe_async
-from hydrapool.backends.base import Claim, ClaimParams, Finish
+from hydrapool.backends.base import Claim, ClaimParams, Finish, JobRecord
 from hydrapool.exceptions import Fail, PayloadError
 from hydrapool.queue import _signals
-from hydrapool.queue._reports import store_finishes
+from hydrapool.queue import events as ev
+from hydrapool.queue._reports import Stored, store_finishes
 from hydrapool.queue.coordinator import Coordinator
 from hydrapool.queue.queue import Queue, Task, check_name, retry_from_json
 
@@ -119,7 +120,7 @@ class Worker:
         )
         self._running: dict[str, tuple[Claim, asyncio.Task[None]]] = {}
         self._reasons: dict[asyncio.Task[None], str] = {}  # why we cancelled a run
-        self._finishes: list[Finish] = []
+        self._finishes: list[tuple[Finish, JobRecord]] = []
         self._flushing: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -173,6 +174,7 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 1.0)
             return []
+        self.queue._emit(ev.for_claims(claims, self.id))
         for claim in claims:
             self._start(claim)
         return claims
@@ -204,6 +206,7 @@ class Worker:
         if self._flushing is not None:
             await asyncio.gather(self._flushing, return_exceptions=True)
         await self._flush()
+        await self.queue._publisher.flush()  # this worker's events are stored when it stops
 
     # ── running one job ────────────────────────────────────────────────────
     def _start(self, claim: Claim) -> None:
@@ -250,9 +253,9 @@ class Worker:
             result = json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as exc:
             error = PayloadError(f"task {job.task!r} returned a value that is not JSON: {exc}")
-            self._report(Finish(job.id, claim.lease, "failed", error=_text(error)), "failed")
+            self._report(job, Finish(job.id, claim.lease, "failed", error=_text(error)))
             return
-        self._report(Finish(job.id, claim.lease, "succeeded", result=result), "succeeded")
+        self._report(job, Finish(job.id, claim.lease, "succeeded", result=result))
 
     async def _call(self, task: Task[Any, Any], payload: Mapping[str, Any]) -> Any:
         args = payload.get("args", [])
@@ -288,38 +291,41 @@ class Worker:
         if not final and job.attempts < job.max_attempts and isinstance(exc, retry_on) and retry:
             delay = retry.delay(job.attempts)
             self._report(
-                Finish(job.id, claim.lease, "retrying", error=_text(exc), delay=delay), "retried"
+                job, Finish(job.id, claim.lease, "retrying", error=_text(exc), delay=delay)
             )
             return
         if not isinstance(exc, (Fail, LookupError, TimeoutError)):
             logger.error("job %s (%s) failed", job.id, job.task, exc_info=exc)
-        self._report(Finish(job.id, claim.lease, "failed", error=_text(exc)), "failed")
+        self._report(job, Finish(job.id, claim.lease, "failed", error=_text(exc)))
 
     def _cancelled(self, claim: Claim, reason: str) -> None:
         if reason == _LEASE_LOST:
             self._counts["lost"] += 1
             logger.warning("job %s: lease lost; another worker may run it", claim.job.id)
         elif reason == _HAND_BACK:
-            self._report(Finish(claim.job.id, claim.lease, "queued"), "handed_back")
+            self._report(claim.job, Finish(claim.job.id, claim.lease, "queued"))
         else:
             self._report(
-                Finish(claim.job.id, claim.lease, "cancelled", error="cancelled"), "cancelled"
+                claim.job, Finish(claim.job.id, claim.lease, "cancelled", error="cancelled")
             )
 
     def _cancel_local(self, job_id: str) -> None:
         self._abandon(job_id, _CANCEL)
 
     # ── reports and heartbeats ─────────────────────────────────────────────
-    def _report(self, finish: Finish, outcome: str) -> None:
-        del outcome  # counted once the backend has accepted the report (see _flush)
-        self._finishes.append(finish)
+    def _report(self, job: JobRecord, finish: Finish) -> None:
+        """Queue an outcome for storing (counted once the backend accepted it, see _flush)."""
+        self._finishes.append((finish, job))
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush())
 
     async def _flush(self) -> None:
         while self._finishes:
-            batch, self._finishes = self._finishes, []
-            applied = await self._record(batch)
+            pairs, self._finishes = self._finishes, []
+            batch = [finish for finish, _ in pairs]
+            stored = await self._record(batch)
+            applied = stored.applied
+            self.queue._emit(stored.events(self.queue.name, batch, [j for _, j in pairs], self.id))
             for finish, ok in zip(batch, applied, strict=True):
                 self._counts["refused" if not ok else _OUTCOME[finish.state]] += 1
                 if not ok:
@@ -337,7 +343,7 @@ class Worker:
             ):
                 self.queue._notify()
 
-    async def _record(self, batch: list[Finish]) -> list[bool]:
+    async def _record(self, batch: list[Finish]) -> Stored:
         """Store reports; a batch that keeps failing goes one by one, so none blocks."""
         return await store_finishes(self.queue.backend, self.queue.name, batch, (0.0, 0.2, 1.0))
 

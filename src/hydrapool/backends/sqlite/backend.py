@@ -30,16 +30,20 @@ from hydrapool.backends._deps import Parents, initial_state, parents_of, with_al
 from hydrapool.backends._fair import Candidates, pick
 from hydrapool.backends._sql import load_queries, migrations
 from hydrapool.backends.base import (
+    CancelResult,
+    Change,
     ChannelPolicy,
     Claim,
     ClaimParams,
     Finish,
+    FinishResult,
     Heartbeat,
     JobRecord,
     NewJob,
     PoolSnapshot,
     ScheduleRecord,
 )
+from hydrapool.queue.events import Event, EventType
 
 T = TypeVar("T")
 Q = load_queries(__package__ or "hydrapool.backends.sqlite")
@@ -90,6 +94,7 @@ class SqliteBackend:
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._wakers: dict[str, asyncio.Event] = {}
+        self._event_waker = asyncio.Event()  # set when this process stored events
         self._opened = False
         self._opening = asyncio.Lock()
         self._claimed_version: int | None = None
@@ -207,28 +212,34 @@ class SqliteBackend:
     @staticmethod
     def _resolve(
         conn: sqlite3.Connection, queue: str, ended: list[tuple[str, str]], now: float
-    ) -> None:
+    ) -> list[Change]:
         """Tell the children of jobs that just ended: release them, or fail them in cascade.
 
         One query per cascade level for the whole batch, so finishing jobs that
         have no children (the common case) costs a single indexed lookup.
         """
+        changes: list[Change] = []
         level = dict(ended)  # job id -> how it ended
         while level:
             parents = json.dumps(list(level))
             rows = conn.execute(Q["dep_children"], {"queue": queue, "parents": parents}).fetchall()
             nxt: dict[str, str] = {}
-            for parent, child, cascade in rows:
+            for parent, child, cascade, channel, task, attempts, old in rows:
                 state = level[parent]
+                change = Change(child, channel, task, attempts, old, old, parent, state)
                 if state == "succeeded" or not cascade:
-                    conn.execute(Q["dep_release"], {"queue": queue, "id": child})
+                    params = {"queue": queue, "id": child, "now": now}
+                    new = conn.execute(Q["dep_release"], params).fetchone()[0]
+                    changes.append(replace(change, new=new))
                     continue
                 error = f"dependency {parent} ended {state}"
                 params = {"queue": queue, "id": child, "now": now, "error": error}
                 if conn.execute(Q["dep_fail"], params).rowcount:
                     nxt[child] = "failed"
+                    changes.append(replace(change, new="failed", error=error))
             conn.execute(Q["dep_forget"], {"queue": queue, "parents": parents})
             level = nxt
+        return changes
 
     @staticmethod
     def _parents(conn: sqlite3.Connection, queue: str, new: NewJob) -> Parents:
@@ -351,7 +362,8 @@ class SqliteBackend:
                 slots = min(slots, limits["max_concurrency"] - running)
             if slots <= 0:
                 return []
-            candidates = self._candidates(conn, params, now, slots)
+            was: dict[str, str] = {}
+            candidates = self._candidates(conn, params, now, slots, was)
             chosen, served, counter = pick(candidates, slots, counter)
             if not chosen:
                 return []
@@ -371,7 +383,7 @@ class SqliteBackend:
             ).fetchall()
             by_id = {row["id"]: row for row in rows}
             claims = [
-                Claim(_record(by_id[job_id]), token, expires)
+                Claim(_record(by_id[job_id]), token, expires, was[job_id])
                 for _, job_id in chosen
                 if job_id in by_id
             ]
@@ -381,7 +393,12 @@ class SqliteBackend:
             return claims
 
     def _candidates(
-        self, conn: sqlite3.Connection, params: ClaimParams, now: float, slots: int
+        self,
+        conn: sqlite3.Connection,
+        params: ClaimParams,
+        now: float,
+        slots: int,
+        was: dict[str, str],
     ) -> list[Candidates]:
         q = {"queue": params.queue}
         running = dict(conn.execute(Q["channel_running"], q).fetchall())
@@ -401,6 +418,7 @@ class SqliteBackend:
             ).fetchall()
             if rows:
                 jobs = [(row["priority"], row["id"]) for row in rows]
+                was.update((row["id"], row["state"]) for row in rows)
                 out.append(Candidates(channel, meta["last_served"], capacity, jobs))
         return out
 
@@ -432,13 +450,13 @@ class SqliteBackend:
                         cancel.add(row["id"])
         return Heartbeat(frozenset(kept), frozenset(cancel))
 
-    async def job_finish_many(self, queue: str, finishes: Sequence[Finish]) -> list[bool]:
+    async def job_finish_many(self, queue: str, finishes: Sequence[Finish]) -> FinishResult:
         """Apply each decision where its lease still matches, in one transaction."""
         return await self._run(lambda conn: self._finish(conn, queue, finishes))
 
     def _finish(
         self, conn: sqlite3.Connection, queue: str, finishes: Sequence[Finish]
-    ) -> list[bool]:
+    ) -> FinishResult:
         groups: dict[str, list[dict[str, Any]]] = {"end": [], "retry": [], "hand_back": []}
         for f in finishes:
             if f.state in _TERMINAL:
@@ -460,33 +478,34 @@ class SqliteBackend:
                     "expired": int(f.expired),
                 }
             )
-        applied: set[str] = set()
+        applied: dict[str, str] = {}
         with self._write(conn) as now:
-            ended: list[tuple[str, str]] = []
             for kind, batch in groups.items():
                 if batch:
                     rows = conn.execute(
                         _FINISH_SQL[kind],
                         {"queue": queue, "now": now, "batch": json.dumps(batch)},
                     ).fetchall()
-                    applied.update(row[0] for row in rows)
-                    ended += [(row[0], row[1]) for row in rows if row[1] in _TERMINAL]
-            self._resolve(conn, queue, ended, now)
+                    applied.update((row[0], row[1]) for row in rows)
+            ended = [(job_id, state) for job_id, state in applied.items() if state in _TERMINAL]
+            changes = self._resolve(conn, queue, ended, now)
         # One statement per kind of outcome; a worker reports a job once per claim.
-        return [f.job_id in applied for f in finishes]
+        return FinishResult([applied.get(f.job_id) for f in finishes], changes)
 
-    async def job_cancel(self, queue: str, job_id: str) -> JobRecord | None:
+    async def job_cancel(self, queue: str, job_id: str) -> CancelResult:
         """Cancel a job not yet running; flag a running one."""
 
-        def cancel(conn: sqlite3.Connection) -> JobRecord | None:
+        def cancel(conn: sqlite3.Connection) -> CancelResult:
+            changes: list[Change] = []
             with self._write(conn) as now:
                 params = {"queue": queue, "id": job_id, "now": now}
-                if conn.execute(Q["job_cancel_waiting"], params).rowcount == 0:
-                    conn.execute(Q["job_cancel_running"], params)
+                ended = conn.execute(Q["job_cancel_waiting"], params).rowcount == 1
+                if ended:
+                    changes = self._resolve(conn, queue, [(job_id, "cancelled")], now)
                 else:
-                    self._resolve(conn, queue, [(job_id, "cancelled")], now)
+                    conn.execute(Q["job_cancel_running"], params)
                 row = conn.execute(Q["job_get"], params).fetchone()
-            return None if row is None else _record(row)
+            return CancelResult(None if row is None else _record(row), ended, changes)
 
         return await self._run(cancel)
 
@@ -528,28 +547,35 @@ class SqliteBackend:
 
         return await self._run(expired)
 
-    async def job_release_due(self, queue: str) -> int:
-        """waiting/retrying -> queued once due."""
+    async def job_release_due(self, queue: str) -> list[Change]:
+        """waiting/retrying -> queued once due (and no parent is left to wait for)."""
 
-        def release(conn: sqlite3.Connection) -> int:
+        def release(conn: sqlite3.Connection) -> list[Change]:
+            moved = []
             with self._write(conn) as now:
-                return conn.execute(Q["job_release_due"], {"queue": queue, "now": now}).rowcount
+                for old in ("waiting", "retrying"):
+                    params = {"queue": queue, "now": now, "state": old}
+                    for job_id, channel, task, attempts in conn.execute(
+                        Q["job_release_due"], params
+                    ).fetchall():
+                        moved.append(Change(job_id, channel, task, attempts, old, "queued"))
+            return moved
 
         return await self._run(release)
 
     async def job_delete_finished(
         self, queue: str, older_than: float, *, state: str | None = None
-    ) -> int:
+    ) -> list[Change]:
         """Delete jobs that ended long enough ago (of one state, if given)."""
 
-        def delete(conn: sqlite3.Connection) -> int:
+        def delete(conn: sqlite3.Connection) -> list[Change]:
             with self._write(conn) as now:
-                deleted = conn.execute(
+                rows = conn.execute(
                     Q["job_delete_finished"],
                     {"queue": queue, "cutoff": now - older_than, "state": state},
-                ).rowcount
+                ).fetchall()
                 conn.execute(Q["channel_prune"], {"queue": queue})
-                return deleted
+            return [Change(i, c, t, a, old, "deleted") for i, c, t, a, old in rows]
 
         return await self._run(delete)
 
@@ -665,6 +691,93 @@ class SqliteBackend:
 
         return await self._run(take)
 
+    # ── events ─────────────────────────────────────────────────────────────
+    async def event_publish(self, queue: str, events: Sequence[Event]) -> list[Event]:
+        """Store events in one transaction; returns them numbered and dated."""
+        if not events:
+            return []
+
+        def store(conn: sqlite3.Connection) -> list[Event]:
+            with self._write(conn) as now:
+                return self._store_events(conn, queue, events, now)
+
+        stored = await self._run(store)
+        self._event_waker.set()
+        self._event_waker = asyncio.Event()  # the waiters of this one are all woken
+        return stored
+
+    @staticmethod
+    def _store_events(
+        conn: sqlite3.Connection, queue: str, events: Sequence[Event], now: float
+    ) -> list[Event]:
+        conn.executemany(
+            Q["event_insert"],
+            [
+                {
+                    "queue": queue,
+                    "type": str(e.type),
+                    "job_id": e.job_id,
+                    "channel": e.channel,
+                    "task": e.task,
+                    "attempt": e.attempt,
+                    "at": now,
+                    "worker": e.worker_id,
+                    "error": e.error,
+                    "detail": e.detail,
+                }
+                for e in events
+            ],
+        )
+        # Inside the write transaction seqs are consecutive, ending at the last rowid.
+        last = conn.execute(Q["event_last_rowid"]).fetchone()[0]
+        first = last - len(events) + 1
+        return [replace(e, seq=first + i, time=now, queue=queue) for i, e in enumerate(events)]
+
+    def event_publish_in_transaction(
+        self, conn: sqlite3.Connection, queue: str, events: Sequence[Event]
+    ) -> None:
+        """Store events with the caller's connection: they exist only if the caller commits."""
+        if events:
+            self._store_events(conn, queue, events, time.time())
+
+    async def event_read(self, queue: str, after: int, limit: int) -> list[Event]:
+        """Events after ``after``, oldest first."""
+        params = {"queue": queue, "after": after, "limit": limit}
+        return await self._run(
+            lambda conn: [_event(r) for r in conn.execute(Q["event_read"], params)]
+        )
+
+    async def event_last(self, queue: str) -> int:
+        """The newest event's number (any queue's: seqs are shared by the file)."""
+        return await self._run(lambda conn: int(conn.execute(Q["event_last"]).fetchone()[0]))
+
+    async def event_wait(self, queue: str, after: int, timeout: float) -> None:
+        """Return when this process stores events, another commits anything, or the timeout."""
+        waker = self._event_waker
+        if await self.event_last(queue) > after:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        seen = await self._run(_data_version)
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                await asyncio.wait_for(waker.wait(), min(remaining, self.poll_interval))
+                return
+            except TimeoutError:
+                pass
+            if await self._run(_data_version) != seen:
+                return
+
+    async def event_trim(self, queue: str, older_than: float) -> int:
+        """Delete events older than ``older_than`` seconds."""
+
+        def trim(conn: sqlite3.Connection) -> int:
+            with self._write(conn) as now:
+                params = {"queue": queue, "cutoff": now - older_than}
+                return int(conn.execute(Q["event_trim"], params).rowcount)
+
+        return await self._run(trim)
+
     # ── wake-ups ───────────────────────────────────────────────────────────
     async def work_wait(self, queue: str, timeout: float) -> None:
         """Return on a local enqueue, a commit by another process, or the timeout."""
@@ -692,6 +805,22 @@ class SqliteBackend:
         event = self._wakers.get(queue)
         if event is not None:
             event.set()
+
+
+def _event(row: sqlite3.Row) -> Event:
+    return Event(
+        EventType(row["type"]),
+        row["job_id"],
+        row["queue"],
+        row["channel"],
+        row["task"],
+        row["attempt"],
+        row["at"],
+        row["worker"],
+        row["error"],
+        row["detail"],
+        row["seq"],
+    )
 
 
 def _data_version(conn: sqlite3.Connection) -> int:

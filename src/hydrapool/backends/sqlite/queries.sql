@@ -35,13 +35,19 @@ INSERT OR IGNORE INTO hydrapool_deps (queue, parent, child) VALUES (:queue, :par
 
 -- name: dep_children
 -- The waiting children of a batch of jobs that just ended (one query per batch).
-SELECT d.parent, c.id, c.cascade FROM hydrapool_deps AS d
+SELECT d.parent, c.id, c.cascade, c.channel, c.task, c.attempts, c.state FROM hydrapool_deps AS d
 JOIN hydrapool_jobs AS c ON c.id = d.child
 WHERE d.queue = :queue AND d.parent IN (SELECT value FROM json_each(:parents))
   AND c.state IN ('waiting', 'queued');
 
 -- name: dep_release
-UPDATE hydrapool_jobs SET parents_left = parents_left - 1 WHERE id = :id AND +queue = :queue;
+-- One parent fewer to wait for; the last one makes a due child runnable.
+UPDATE hydrapool_jobs
+SET parents_left = parents_left - 1,
+    state = CASE WHEN parents_left = 1 AND state = 'waiting' AND run_at <= :now
+                 THEN 'queued' ELSE state END
+WHERE id = :id AND +queue = :queue
+RETURNING state;
 
 -- name: dep_fail
 UPDATE hydrapool_jobs SET state = 'failed', finished_at = :now, error = :error
@@ -101,7 +107,7 @@ ON CONFLICT (queue) DO UPDATE SET counter = excluded.counter;
 SELECT COUNT(*) FROM hydrapool_jobs WHERE queue = :queue AND state = 'running';
 
 -- name: claim_heads
-SELECT priority, id FROM hydrapool_jobs INDEXED BY hydrapool_jobs_head
+SELECT priority, id, state FROM hydrapool_jobs INDEXED BY hydrapool_jobs_head
 WHERE queue = :queue AND channel = :channel
   AND state IN ('waiting', 'queued', 'retrying') AND run_at <= :now AND parents_left = 0
 ORDER BY priority DESC, seq
@@ -128,7 +134,7 @@ SET state = json_extract(f.value, '$.state'),
     finished_at = :now,
     result = json_extract(f.value, '$.result'),
     error = COALESCE(json_extract(f.value, '$.error'), hydrapool_jobs.error),
-    lease = NULL, lease_expires_at = NULL, worker = NULL
+    lease = NULL, lease_expires_at = NULL  -- worker stays: who ran the last attempt
 FROM json_each(:batch) AS f
 WHERE hydrapool_jobs.id = json_extract(f.value, '$.id')
   AND +hydrapool_jobs.queue = :queue
@@ -144,7 +150,7 @@ SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'retrying' END,
     finished_at = CASE WHEN cancel_requested THEN :now ELSE finished_at END,
     run_at = :now + json_extract(f.value, '$.delay'),
     error = json_extract(f.value, '$.error'),
-    lease = NULL, lease_expires_at = NULL, worker = NULL
+    lease = NULL, lease_expires_at = NULL
 FROM json_each(:batch) AS f
 WHERE hydrapool_jobs.id = json_extract(f.value, '$.id')
   AND +hydrapool_jobs.queue = :queue
@@ -158,7 +164,7 @@ UPDATE hydrapool_jobs
 SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
     finished_at = CASE WHEN cancel_requested THEN :now ELSE finished_at END,
     run_at = :now, attempts = attempts - 1, started_at = NULL,
-    lease = NULL, lease_expires_at = NULL, worker = NULL
+    lease = NULL, lease_expires_at = NULL
 FROM json_each(:batch) AS f
 WHERE hydrapool_jobs.id = json_extract(f.value, '$.id')
   AND +hydrapool_jobs.queue = :queue
@@ -197,12 +203,16 @@ UPDATE hydrapool_jobs SET lease_expires_at = :now - 0.000001
 WHERE queue = :queue AND id = :id AND state = 'running' AND lease_expires_at >= :now;
 
 -- name: job_release_due
+-- One state per statement, so each moved job says where it came from.
 UPDATE hydrapool_jobs INDEXED BY hydrapool_jobs_due SET state = 'queued'
-WHERE queue = :queue AND state IN ('waiting', 'retrying') AND run_at <= :now;
+WHERE queue = :queue AND state IN ('waiting', 'retrying')  -- the index's own condition
+  AND state = :state AND run_at <= :now AND parents_left = 0
+RETURNING id, channel, task, attempts;
 
 -- name: job_delete_finished
 DELETE FROM hydrapool_jobs
-WHERE queue = :queue AND finished_at < :cutoff AND (:state IS NULL OR state = :state);
+WHERE queue = :queue AND finished_at < :cutoff AND (:state IS NULL OR state = :state)
+RETURNING id, channel, task, attempts, state;
 
 -- name: stats_counts
 SELECT channel, state, COUNT(*) FROM hydrapool_jobs WHERE queue = :queue GROUP BY channel, state;
@@ -268,3 +278,27 @@ ORDER BY next_run LIMIT :limit;
 -- Compare-and-set on next_run: of several coordinators, exactly one fires a tick.
 UPDATE hydrapool_schedules SET next_run = :new_next_run
 WHERE queue = :queue AND channel = :channel AND name = :name AND next_run = :old_next_run;
+
+-- name: event_insert
+INSERT INTO hydrapool_events
+    (queue, type, job_id, channel, task, attempt, at, worker, error, detail)
+VALUES (:queue, :type, :job_id, :channel, :task, :attempt, :at, :worker, :error, :detail);
+
+-- name: event_last_rowid
+SELECT last_insert_rowid();
+
+-- name: event_last
+-- Any queue's newest seq is a valid cursor, and MAX over the key reads one row.
+SELECT COALESCE(MAX(seq), 0) FROM hydrapool_events;
+
+-- name: event_read
+SELECT * FROM hydrapool_events WHERE seq > :after AND queue = :queue ORDER BY seq LIMIT :limit;
+
+-- name: event_trim
+-- Events are stored in time order, so the old ones are a prefix of the table:
+-- finding where it ends reads only the rows about to be deleted.
+DELETE FROM hydrapool_events
+WHERE queue = :queue
+  AND seq < COALESCE(
+      (SELECT seq FROM hydrapool_events WHERE at >= :cutoff ORDER BY seq LIMIT 1),
+      (SELECT MAX(seq) + 1 FROM hydrapool_events));

@@ -1,0 +1,190 @@
+"""Publishing events to the backend, and following them: ``queue.events()``.
+
+A Queue hands its events to one ``Publisher``, which stores them in the
+background, in order, many batches per backend call when they come fast, so
+workers never wait on it. Once stored, the events are pushed at once to this
+process's streams, and other processes read them from the backend.
+
+A stream follows the backend's log with a cursor (``seq``). One created
+without ``after=`` starts from the moment it was created: until its first
+read has fixed the cursor, it keeps the events this process pushed, so an
+enqueue made right after ``queue.events()`` is never missed, whatever the
+order in which tasks run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+from hydrapool._callables import call_maybe_async
+from hydrapool.queue.events import Event, EventType
+
+if TYPE_CHECKING:
+    from hydrapool.queue.queue import Queue
+
+logger = logging.getLogger("hydrapool.events")
+
+READ_BATCH = 500
+IDLE_WAIT = 1.0  # seconds between re-checks when nothing wakes a waiting stream
+
+
+class Publisher:
+    """Stores a queue's events in the background, in the order they were made."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+        self.streams: weakref.WeakSet[EventStream] = weakref.WeakSet()
+        self._pending: list[Event] = []
+        self._task: asyncio.Task[None] | None = None
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._made = 0  # events handed in so far
+        self._stored = 0  # of those, how many were stored (or given up on)
+
+    def add(self, events: list[Event]) -> int:
+        """Queue events for storing; returns a mark to ``wait_for``."""
+        if events:
+            self._pending += events
+            self._made += len(events)
+            if self._task is None or self._task.done():
+                self._task = asyncio.get_running_loop().create_task(self._run())
+        return self._made
+
+    async def wait_for(self, mark: int) -> None:
+        """Return once every event handed in up to ``mark`` was stored."""
+        if self._stored >= mark:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((mark, future))
+        await future
+
+    async def flush(self) -> None:
+        """Store everything handed in so far."""
+        await self.wait_for(self._made)
+
+    async def _run(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                backend = await self.queue._backend_ready()
+                stored = await backend.event_publish(self.queue.name, batch)
+            except Exception:  # events are observations: losing some never stops the work
+                logger.exception("could not store %d events; they are lost", len(batch))
+                stored = []
+            self._stored += len(batch)
+            for stream in list(self.streams):
+                stream._pushed(stored)
+            self._wake()
+
+    def _wake(self) -> None:
+        still = []
+        for mark, future in self._waiters:
+            if mark <= self._stored:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                still.append((mark, future))
+        self._waiters = still
+
+
+class EventStream:
+    """An async iterator over a queue's events, oldest first (see ``Queue.events``)."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        types: frozenset[EventType],
+        channel: str | None,
+        after: int | None,
+    ) -> None:
+        self.queue = queue
+        self.types = types
+        self.channel = channel
+        self._cursor = after
+        self._ready: list[Event] = []
+        self._early: list[Event] = []  # pushed before the cursor was fixed
+        self._closed = False
+        self._epoch = queue._epoch
+        if after is None:
+            queue._publisher.streams.add(self)
+
+    def _pushed(self, events: list[Event]) -> None:
+        if self._cursor is None:
+            self._early += events
+
+    def _wants(self, event: Event) -> bool:
+        return (not self.types or event.type in self.types) and (
+            self.channel is None or event.channel == self.channel
+        )
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        while True:
+            while self._ready:
+                event = self._ready.pop(0)
+                if self._wants(event):
+                    return event
+            if self._closed or self.queue._epoch != self._epoch:
+                raise StopAsyncIteration
+            await self._fill()
+
+    async def _fill(self) -> None:
+        backend = await self.queue._backend_ready()
+        if self._cursor is None:
+            last = await backend.event_last(self.queue.name)
+            self.queue._publisher.streams.discard(self)
+            self._ready = sorted((e for e in self._early if e.seq <= last), key=_seq)
+            self._early = []
+            self._cursor = last
+            return
+        batch = await backend.event_read(self.queue.name, self._cursor, READ_BATCH)
+        if batch:
+            self._cursor = batch[-1].seq
+            self._ready = batch
+            return
+        waiting = asyncio.ensure_future(
+            backend.event_wait(self.queue.name, self._cursor, IDLE_WAIT)
+        )
+        closing = asyncio.ensure_future(self.queue._closing.wait())
+        try:
+            await asyncio.wait((waiting, closing), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            closing.cancel()
+
+    @property
+    def cursor(self) -> int | None:
+        """The ``seq`` of the last event read (None before the first read)."""
+        return self._cursor
+
+    async def aclose(self) -> None:
+        """Stop: the iteration ends."""
+        self._closed = True
+        self.queue._publisher.streams.discard(self)
+
+    async def __aenter__(self) -> EventStream:
+        if self._cursor is None:
+            await self._fill()  # the cursor is fixed: nothing after this line is missed
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+async def dispatch(stream: AsyncIterator[Event], callback: Callable[[Event], Any]) -> None:
+    """Call ``callback`` for each event, in order, on the loop (a plain function is
+    called directly, an async one awaited); its errors are logged, never fatal."""
+    async for event in stream:
+        try:
+            await call_maybe_async(callback, event, in_thread=False)
+        except Exception:
+            logger.exception("event callback %r failed on %s", callback, event)
+
+
+def _seq(event: Event) -> int:
+    return event.seq
