@@ -125,3 +125,20 @@ async def test_dedup_inside_a_transaction_with_bytes_text(queue: hp.Queue) -> No
     assert twin.deduplicated
     assert twin.id == first.id
     assert conn.text_factory is bytes, "the caller's settings are restored"
+
+
+async def test_enqueue_events_follow_the_callers_transaction(queue: hp.Queue) -> None:
+    stream = queue.events(types="enqueued")
+    conn = own_connection(queue)
+    async with queue.transaction(conn):
+        lost = await queue.enqueue("ship", 1)
+    conn.rollback()
+    async with queue.transaction(conn):
+        kept = await queue.enqueue("ship", 2)
+    conn.commit()
+    async with asyncio.timeout(10):
+        event = await anext(stream)
+    assert event.job_id == kept.id, "the rolled-back job has no event"
+    backend = await queue._backend_ready()
+    assert [e.job_id for e in await backend.event_read(queue.name, 0, 10)] == [kept.id]
+    assert lost.id != kept.id

@@ -58,9 +58,9 @@ def with_aliases(new: NewJob, alias: dict[str, str]) -> NewJob:
 
 def initial_state(full: bool, run_at: float, now: float, parents: Parents) -> str:
     """A new job's state: dropped (channel full), failed (a parent already failed it),
-    waiting (not due yet) or queued."""
+    waiting (not due yet, or parents to wait for) or queued."""
     if full:
         return "dropped"
     if parents.doomed is not None:
         return "failed"
-    return "waiting" if run_at > now else "queued"
+    return "waiting" if run_at > now or parents.waiting_for else "queued"

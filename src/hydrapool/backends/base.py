@@ -345,6 +345,9 @@ class Backend(Protocol):
     async def event_last(self, queue: str) -> int:
         """The newest event's ``seq`` (0 when there is none)."""
 
+    async def event_since(self, queue: str, time: float) -> int:
+        """A cursor for the events stored from ``time`` on: the newest ``seq`` before it."""
+
     async def event_wait(self, queue: str, after: int, timeout: float) -> None:
         """Return when an event newer than ``after`` may exist, or after ``timeout``."""
 

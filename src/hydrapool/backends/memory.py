@@ -511,6 +511,13 @@ class MemoryBackend:
         """The newest event's number."""
         return self._q(queue).event_seq
 
+    async def event_since(self, queue: str, time: float) -> int:
+        """The newest event's number stored before ``time`` (0 if none)."""
+        for event in reversed(self._q(queue).events):
+            if event.time < time:
+                return event.seq
+        return 0
+
     async def event_wait(self, queue: str, after: int, timeout: float) -> None:
         """Wait for an event after ``after`` (or the timeout)."""
         if self._q(queue).event_seq > after:

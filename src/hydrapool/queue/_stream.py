@@ -6,16 +6,18 @@ workers never wait on it. Once stored, the events are pushed at once to this
 process's streams, and other processes read them from the backend.
 
 A stream follows the backend's log with a cursor (``seq``). One created
-without ``after=`` starts from the moment it was created: until its first
-read has fixed the cursor, it keeps the events this process pushed, so an
-enqueue made right after ``queue.events()`` is never missed, whatever the
-order in which tasks run.
+without ``after=`` starts from the moment it was created: its first read
+fixes the cursor at the last event stored before that moment, so an enqueue
+(or another process's commit) made right after ``queue.events()`` is never
+missed, whatever the order in which tasks run. Until then it also keeps the
+events this process pushed, in case the backend's clock is behind ours.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -108,6 +110,7 @@ class EventStream:
         self._early: list[Event] = []  # pushed before the cursor was fixed
         self._closed = False
         self._epoch = queue._epoch
+        self._since = time.time()
         if after is None:
             queue._publisher.streams.add(self)
 
@@ -136,7 +139,7 @@ class EventStream:
     async def _fill(self) -> None:
         backend = await self.queue._backend_ready()
         if self._cursor is None:
-            last = await backend.event_last(self.queue.name)
+            last = await backend.event_since(self.queue.name, self._since)
             self.queue._publisher.streams.discard(self)
             self._ready = sorted((e for e in self._early if e.seq <= last), key=_seq)
             self._early = []

@@ -108,6 +108,8 @@ def event_types(types: Iterable[EventType | str] | EventType | str | None) -> fr
         return frozenset()
     if isinstance(types, str):
         types = [types]
+    if not isinstance(types, Iterable):
+        raise TypeError(f"types must be an event type or a collection of them, got {types!r}")
     out = set()
     for value in types:
         try:
@@ -182,8 +184,8 @@ def for_finish(
         out.append(make(EventType.SUCCEEDED))
     elif state == "retrying":
         out.append(make(EventType.RETRYING, error=finish.error, detail=f"{finish.delay:g}s"))
-    elif state == "queued":
-        out.append(make(EventType.REQUEUED))
+    elif state == "queued":  # handed back: the attempt is refunded
+        out.append(_make(EventType.REQUEUED, q, job, n - 1, worker=worker))
     elif state == "cancelled":
         out.append(make(EventType.CANCELLED))
     elif state == "failed" and n >= job.max_attempts:

@@ -751,6 +751,13 @@ class SqliteBackend:
         """The newest event's number (any queue's: seqs are shared by the file)."""
         return await self._run(lambda conn: int(conn.execute(Q["event_last"]).fetchone()[0]))
 
+    async def event_since(self, queue: str, time: float) -> int:
+        """The newest event's number stored before ``time`` (0 if none)."""
+        params = {"time": time}
+        return await self._run(
+            lambda conn: int(conn.execute(Q["event_since"], params).fetchone()[0])
+        )
+
     async def event_wait(self, queue: str, after: int, timeout: float) -> None:
         """Return when this process stores events, another commits anything, or the timeout."""
         waker = self._event_waker

@@ -291,6 +291,11 @@ SELECT last_insert_rowid();
 -- Any queue's newest seq is a valid cursor, and MAX over the key reads one row.
 SELECT COALESCE(MAX(seq), 0) FROM hydrapool_events;
 
+-- name: event_since
+-- Reads backwards only over the events stored since :time.
+SELECT COALESCE(
+    (SELECT seq FROM hydrapool_events WHERE at < :time ORDER BY seq DESC LIMIT 1), 0);
+
 -- name: event_read
 SELECT * FROM hydrapool_events WHERE seq > :after AND queue = :queue ORDER BY seq LIMIT :limit;
 
