@@ -110,11 +110,11 @@ class FlakyClaims:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backend, name)
 
-    async def job_claim(self, params: ClaimParams) -> Any:
+    async def job_claim(self, params: ClaimParams, **kw: Any) -> Any:
         if self.failures:
             self.failures -= 1
             raise RuntimeError("database is locked")
-        return await self._backend.job_claim(params)
+        return await self._backend.job_claim(params, **kw)
 
 
 async def test_a_failing_claim_does_not_kill_the_worker(url: str) -> None:

@@ -13,6 +13,7 @@ import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from hydrapool.backends._deps import Parents, initial_state, parents_of, with_aliases
 from hydrapool.backends._fair import Candidates, pick
@@ -22,6 +23,7 @@ from hydrapool.backends.base import (
     ChannelPolicy,
     Claim,
     ClaimParams,
+    Emit,
     Finish,
     FinishResult,
     Heartbeat,
@@ -29,11 +31,13 @@ from hydrapool.backends.base import (
     NewJob,
     PoolSnapshot,
     ScheduleRecord,
+    stamp,
 )
 from hydrapool.queue.events import Event
 
 WAITING_STATES = ("waiting", "queued", "retrying")  # not running, not ended
 TERMINAL_STATES = ("succeeded", "failed", "cancelled", "dropped")
+T = TypeVar("T")
 MAX_EVENTS = 100_000  # per queue: the oldest go first when no coordinator trims them
 
 
@@ -88,8 +92,15 @@ class MemoryBackend:
         return time.time()
 
     # ── jobs ───────────────────────────────────────────────────────────────
-    async def job_insert_many(self, queue: str, jobs: Sequence[NewJob]) -> list[JobRecord]:
+    async def job_insert_many(
+        self, queue: str, jobs: Sequence[NewJob], *, emit: Emit[list[JobRecord]] | None = None
+    ) -> list[JobRecord]:
         """Insert all; a job into a full channel is stored ``dropped``."""
+        records = self._insert(queue, jobs)
+        self._emit(queue, emit, records)
+        return records
+
+    def _insert(self, queue: str, jobs: Sequence[NewJob]) -> list[JobRecord]:
         data = self._q(queue)
         now = time.time()
         sizes: dict[str, int] = {}
@@ -236,8 +247,15 @@ class MemoryBackend:
             )
         return out
 
-    async def job_claim(self, params: ClaimParams) -> list[Claim]:
+    async def job_claim(
+        self, params: ClaimParams, *, emit: Emit[list[Claim]] | None = None
+    ) -> list[Claim]:
         """Claim due jobs within the channel and queue limits."""
+        claims = self._claim(params)
+        self._emit(params.queue, emit, claims)
+        return claims
+
+    def _claim(self, params: ClaimParams) -> list[Claim]:
         data = self._q(params.queue)
         now = time.time()
         slots = params.limit
@@ -287,13 +305,17 @@ class MemoryBackend:
                 cancel.add(job_id)
         return Heartbeat(frozenset(kept), frozenset(cancel))
 
-    async def job_finish_many(self, queue: str, finishes: Sequence[Finish]) -> FinishResult:
+    async def job_finish_many(
+        self, queue: str, finishes: Sequence[Finish], *, emit: Emit[FinishResult] | None = None
+    ) -> FinishResult:
         """Apply each decision if its lease still matches (and is valid, or expired for rescue)."""
         data = self._q(queue)
         now = time.time()
         followed: list[Change] = []
         states = [self._finish_one(data, f, now, followed) for f in finishes]
-        return FinishResult(states, followed)
+        result = FinishResult(states, followed)
+        self._emit(queue, emit, result)
+        return result
 
     def _finish_one(
         self, data: _QueueData, finish: Finish, now: float, followed: list[Change]
@@ -324,8 +346,15 @@ class MemoryBackend:
             followed += self._resolve(data, [(job.id, state)], now)
         return state
 
-    async def job_cancel(self, queue: str, job_id: str) -> CancelResult:
+    async def job_cancel(
+        self, queue: str, job_id: str, *, emit: Emit[CancelResult] | None = None
+    ) -> CancelResult:
         """Cancel a waiting job; flag a running one for its worker."""
+        result = self._cancel(queue, job_id)
+        self._emit(queue, emit, result)
+        return result
+
+    def _cancel(self, queue: str, job_id: str) -> CancelResult:
         data = self._q(queue)
         job = data.jobs.get(job_id)
         if job is None:
@@ -381,7 +410,9 @@ class MemoryBackend:
                 break
         return out
 
-    async def job_release_due(self, queue: str) -> list[Change]:
+    async def job_release_due(
+        self, queue: str, *, emit: Emit[list[Change]] | None = None
+    ) -> list[Change]:
         """waiting/retrying -> queued once due (and no parent is left to wait for)."""
         data = self._q(queue)
         now = time.time()
@@ -394,10 +425,16 @@ class MemoryBackend:
             ):
                 data.jobs[job.id] = replace(job, state="queued")
                 moved.append(_change(job, "queued"))
+        self._emit(queue, emit, moved)
         return moved
 
     async def job_delete_finished(
-        self, queue: str, older_than: float, *, state: str | None = None
+        self,
+        queue: str,
+        older_than: float,
+        *,
+        state: str | None = None,
+        emit: Emit[list[Change]] | None = None,
     ) -> list[Change]:
         """Delete jobs that ended long enough ago (of one state, if given)."""
         data = self._q(queue)
@@ -412,7 +449,9 @@ class MemoryBackend:
         for job in old:
             del data.jobs[job.id]
             del data.order[job.id]
-        return [_change(job, "deleted") for job in old]
+        deleted = [_change(job, "deleted") for job in old]
+        self._emit(queue, emit, deleted)
+        return deleted
 
     async def pool_stats(self, queue: str) -> PoolSnapshot:
         """Counts by state and channel, running jobs, limits."""
@@ -465,7 +504,12 @@ class MemoryBackend:
         return sorted(due, key=lambda r: r.next_run)[:limit]
 
     async def schedule_fire(
-        self, record: ScheduleRecord, next_run: float, job: NewJob
+        self,
+        record: ScheduleRecord,
+        next_run: float,
+        job: NewJob,
+        *,
+        emit: Emit[JobRecord | None] | None = None,
     ) -> JobRecord | None:
         """Advance the schedule (compare-and-set on next_run) and insert its job."""
         schedules = self._q(record.queue).schedules
@@ -473,7 +517,9 @@ class MemoryBackend:
         if current is None or current.next_run != record.next_run:
             return None
         schedules[(record.channel, record.name)] = replace(current, next_run=next_run)
-        return (await self.job_insert_many(record.queue, [job]))[0]
+        inserted = self._insert(record.queue, [job])[0]
+        self._emit(record.queue, emit, inserted)
+        return inserted
 
     async def leader_try(self, queue: str, name: str, owner: str, ttl: float) -> bool:
         """Take or renew a named lease."""
@@ -485,19 +531,22 @@ class MemoryBackend:
         return False
 
     # ── events ─────────────────────────────────────────────────────────────
-    async def event_publish(self, queue: str, events: Sequence[Event]) -> list[Event]:
-        """Number, date and keep events (the oldest go beyond MAX_EVENTS per queue)."""
+    def _emit(self, queue: str, emit: Emit[T] | None, result: T) -> None:
+        """Number, date and keep the core's events for a step (the oldest go beyond
+        MAX_EVENTS per queue)."""
+        if emit is None:
+            return
+        events = emit.make(result)
+        if not events:
+            return
         data = self._q(queue)
-        now = time.time()
-        out = []
-        for event in events:
-            data.event_seq += 1
-            out.append(replace(event, seq=data.event_seq, time=now))
+        out = stamp(events, data.event_seq + 1, time.time())
+        data.event_seq += len(out)
         data.events.extend(out)
+        emit.stored = out
         waker = self._event_wakers.get(queue)
-        if waker is not None and out:
+        if waker is not None:
             waker.set()
-        return out
 
     async def event_read(self, queue: str, after: int, limit: int) -> list[Event]:
         """Events after ``after``, oldest first."""
@@ -534,7 +583,7 @@ class MemoryBackend:
         events = self._q(queue).events
         cutoff = time.time() - older_than
         trimmed = 0
-        while events and events[0].time < cutoff:
+        while len(events) > 1 and events[0].time < cutoff:  # the newest stays, like SQLite's
             events.popleft()
             trimmed += 1
         return trimmed

@@ -1,9 +1,8 @@
-"""Publishing events to the backend, and following them: ``queue.events()``.
+"""Following a queue's events: ``queue.events()`` and ``queue.on_event()``.
 
-A Queue hands its events to one ``Publisher``, which stores them in the
-background, in order, many batches per backend call when they come fast, so
-workers never wait on it. Once stored, the events are pushed at once to this
-process's streams, and other processes read them from the backend.
+The backend stores each step's events in the step's own transaction (see
+``backends.base.Emit``); the core then pushes them at once to this process's
+streams, and other processes read them from the backend.
 
 A stream follows the backend's log with a cursor (``seq``). One created
 without ``after=`` starts from the moment it was created: its first read
@@ -18,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,64 +30,6 @@ logger = logging.getLogger("hydrapool.events")
 
 READ_BATCH = 500
 IDLE_WAIT = 1.0  # seconds between re-checks when nothing wakes a waiting stream
-
-
-class Publisher:
-    """Stores a queue's events in the background, in the order they were made."""
-
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
-        self.streams: weakref.WeakSet[EventStream] = weakref.WeakSet()
-        self._pending: list[Event] = []
-        self._task: asyncio.Task[None] | None = None
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._made = 0  # events handed in so far
-        self._stored = 0  # of those, how many were stored (or given up on)
-
-    def add(self, events: list[Event]) -> int:
-        """Queue events for storing; returns a mark to ``wait_for``."""
-        if events:
-            self._pending += events
-            self._made += len(events)
-            if self._task is None or self._task.done():
-                self._task = asyncio.get_running_loop().create_task(self._run())
-        return self._made
-
-    async def wait_for(self, mark: int) -> None:
-        """Return once every event handed in up to ``mark`` was stored."""
-        if self._stored >= mark:
-            return
-        future = asyncio.get_running_loop().create_future()
-        self._waiters.append((mark, future))
-        await future
-
-    async def flush(self) -> None:
-        """Store everything handed in so far."""
-        await self.wait_for(self._made)
-
-    async def _run(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                backend = await self.queue._backend_ready()
-                stored = await backend.event_publish(self.queue.name, batch)
-            except Exception:  # events are observations: losing some never stops the work
-                logger.exception("could not store %d events; they are lost", len(batch))
-                stored = []
-            self._stored += len(batch)
-            for stream in list(self.streams):
-                stream._pushed(stored)
-            self._wake()
-
-    def _wake(self) -> None:
-        still = []
-        for mark, future in self._waiters:
-            if mark <= self._stored:
-                if not future.done():
-                    future.set_result(None)
-            else:
-                still.append((mark, future))
-        self._waiters = still
 
 
 class EventStream:
@@ -112,7 +52,7 @@ class EventStream:
         self._epoch = queue._epoch
         self._since = time.time()
         if after is None:
-            queue._publisher.streams.add(self)
+            queue._streams.add(self)
 
     def _pushed(self, events: list[Event]) -> None:
         if self._cursor is None:
@@ -140,7 +80,7 @@ class EventStream:
         backend = await self.queue._backend_ready()
         if self._cursor is None:
             last = await backend.event_since(self.queue.name, self._since)
-            self.queue._publisher.streams.discard(self)
+            self.queue._streams.discard(self)
             self._ready = sorted((e for e in self._early if e.seq <= last), key=_seq)
             self._early = []
             self._cursor = last
@@ -168,7 +108,7 @@ class EventStream:
     async def aclose(self) -> None:
         """Stop: the iteration ends."""
         self._closed = True
-        self.queue._publisher.streams.discard(self)
+        self.queue._streams.discard(self)
 
     async def __aenter__(self) -> EventStream:
         if self._cursor is None:

@@ -17,13 +17,14 @@ unlocked, a tick's enqueued, deleted).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hydrapool.backends.base import Change, Finish, JobRecord
+from hydrapool.backends.base import Change, Emit, Finish, JobRecord
 from hydrapool.queue import events as ev
 from hydrapool.queue._reports import Stored, store_finishes
 from hydrapool.queue.queue import retry_from_json
@@ -63,6 +64,10 @@ def rescue_decision(record: JobRecord) -> Finish:
     return Finish(record.id, record.lease, "failed", error=why, expired=True)
 
 
+def _tick_events(job: JobRecord | None, detail: str) -> list[ev.Event]:
+    return [] if job is None else ev.for_inserts([job], detail=detail)
+
+
 class Coordinator:
     """Maintenance for one queue; ``run()`` loops, ``run_once()`` does one pass."""
 
@@ -84,8 +89,8 @@ class Coordinator:
             return CoordinatorReport(leader=False)
         expired = await backend.job_expired(name, 500)
         decisions = [rescue_decision(r) for r in expired]
-        stored = await self._apply(decisions)
-        self.queue._emit(stored.events(name, decisions, expired, None))
+        stored = await self._apply(decisions, expired)
+        self.queue._published(stored.events)
         applied = stored.applied
         rescued = sum(
             1 for d, ok in zip(decisions, applied, strict=True) if ok and d.state != "failed"
@@ -98,15 +103,17 @@ class Coordinator:
                 logger.warning("job %s: %s -> %s", decision.job_id, decision.error, decision.state)
                 if decision.state == "failed":
                     self.queue._job_ended(decision.job_id)
-        released = await backend.job_release_due(name)
-        self.queue._emit(ev.for_changes(name, released))
+        emit: Emit[list[Change]] = Emit(functools.partial(ev.for_changes, name))
+        released = await backend.job_release_due(name, emit=emit)
+        self.queue._published(emit.stored)
         fired = await self._fire_schedules()
         deleted: list[Change] = []
         trimmed = 0
         self._passes += 1
         if self._passes % 60 == 1:
-            deleted = await backend.job_delete_finished(name, self.queue.retention)
-            self.queue._emit(ev.for_changes(name, deleted))
+            emit = Emit(functools.partial(ev.for_changes, name))
+            deleted = await backend.job_delete_finished(name, self.queue.retention, emit=emit)
+            self.queue._published(emit.stored)
             trimmed = await backend.event_trim(name, self.queue.event_retention)
         if rescued or failed or released or fired:
             self.queue._notify()
@@ -118,23 +125,24 @@ class Coordinator:
         fired = 0
         for record in await backend.schedule_due(self.queue.name, 100):
             after = max(record.next_run, await backend.now())
+            emit = Emit(functools.partial(_tick_events, detail=f"schedule {record.name}"))
             try:
                 job = await backend.schedule_fire(
-                    record, next_run(record.spec, after), tick_job(record)
+                    record, next_run(record.spec, after), tick_job(record), emit=emit
                 )
             except Exception:
                 logger.exception("schedule %r could not fire", record.name)
                 continue
             if job is not None:
                 fired += 1
-                self.queue._emit(ev.for_inserts([job], detail=f"schedule {record.name}"))
+                self.queue._published(emit.stored)
         return fired
 
-    async def _apply(self, decisions: list[Finish]) -> Stored:
+    async def _apply(self, decisions: list[Finish], jobs: list[JobRecord]) -> Stored:
         """Store rescue decisions; one bad decision must not block the others."""
         if not decisions:
             return Stored([])
-        return await store_finishes(self.queue.backend, self.queue.name, decisions)
+        return await store_finishes(self.queue.backend, self.queue.name, decisions, jobs, None)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run passes every ``interval`` seconds until ``stop`` is set (or forever)."""

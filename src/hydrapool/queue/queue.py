@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import json
 import math
 import re
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -29,10 +31,19 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from hydrapool._callables import is_async_callable
 from hydrapool.backends import backend_from_url
-from hydrapool.backends.base import Backend, ChannelPolicy, JobRecord, NewJob, ScheduleRecord
+from hydrapool.backends.base import (
+    Backend,
+    CancelResult,
+    Change,
+    ChannelPolicy,
+    Emit,
+    JobRecord,
+    NewJob,
+    ScheduleRecord,
+)
 from hydrapool.exceptions import JobFailed, PayloadError
 from hydrapool.queue import events as ev
-from hydrapool.queue._stream import EventStream, Publisher, dispatch
+from hydrapool.queue._stream import EventStream, dispatch
 from hydrapool.queue.job import TERMINAL, Job, JobState
 from hydrapool.queue.schedules import Schedule, next_run, spec_json
 from hydrapool.queue.schedules import snapshot as schedule_snapshot
@@ -399,7 +410,7 @@ class Queue:
         self._opening = asyncio.Lock()
         self._local_workers: set[Worker] = set()
         self._ended: dict[str, asyncio.Event] = {}
-        self._publisher = Publisher(self)
+        self._streams: weakref.WeakSet[EventStream] = weakref.WeakSet()  # not yet reading
         self._subscribers: set[asyncio.Task[None]] = set()
         self._epoch = 0  # + 1 at each close: streams of an earlier opening end
         self._closing = asyncio.Event()
@@ -500,16 +511,13 @@ class Queue:
             insert = getattr(backend, "job_insert_in_transaction", None)
             if insert is None:
                 raise TypeError(f"the {self.url.split(':')[0]} backend has no caller transactions")
-            records = insert(tx.connection, self.name, new_jobs)
             # The events are part of the caller's transaction: stored only if it commits.
-            publish = getattr(backend, "event_publish_in_transaction", None)
-            if publish is not None:
-                publish(tx.connection, self.name, ev.for_inserts(records))
+            records = insert(tx.connection, self.name, new_jobs, emit=Emit(ev.for_inserts))
         else:
-            records = await backend.job_insert_many(self.name, new_jobs)
+            emit: Emit[list[JobRecord]] = Emit(ev.for_inserts)
+            records = await backend.job_insert_many(self.name, new_jobs, emit=emit)
+            self._published(emit.stored)
             self._notify()
-            # Stored before enqueue returns, so a worker's events never come first.
-            await self._publisher.wait_for(self._emit(ev.for_inserts(records)))
         return [self._job(r) for r in records]
 
     @contextlib.asynccontextmanager
@@ -535,9 +543,11 @@ class Queue:
         self.backend.work_notify(self.name)
 
     # ── events ─────────────────────────────────────────────────────────────
-    def _emit(self, events: list[ev.Event]) -> int:
-        """Hand events to the publisher (stored in the background, in order)."""
-        return self._publisher.add(events)
+    def _published(self, events: list[ev.Event]) -> None:
+        """Events this process just stored: to its streams that have not read yet."""
+        if events:
+            for stream in list(self._streams):
+                stream._pushed(events)
 
     def events(
         self,
@@ -596,7 +606,6 @@ class Queue:
     async def purge_events(self, *, older_than: float = 0.0) -> int:
         """Delete events stored more than ``older_than`` seconds ago; returns how many."""
         age = _number("older_than", older_than)
-        await self._publisher.flush()
         return await (await self._backend_ready()).event_trim(self.name, age)
 
     # ── reading ────────────────────────────────────────────────────────────
@@ -693,12 +702,12 @@ class Queue:
     # ── control ────────────────────────────────────────────────────────────
     async def cancel(self, job_id: str) -> Job | None:
         """Cancel a job: a waiting one never runs; a running one is cancelled in its worker."""
-        outcome = await (await self._backend_ready()).job_cancel(self.name, job_id)
+        emit = Emit(self._cancel_events)
+        outcome = await (await self._backend_ready()).job_cancel(self.name, job_id, emit=emit)
+        self._published(emit.stored)
         record = outcome.job
         if record is None:
             return None
-        if outcome.ended:
-            self._emit(ev.for_cancel(record) + ev.for_changes(self.name, outcome.changes))
         for worker in list(self._local_workers):
             worker._cancel_local(job_id)
         if record.state == "cancelled":
@@ -720,11 +729,17 @@ class Queue:
             )
         age = _number("older_than", older_than)
         backend = await self._backend_ready()
+        emit: Emit[list[Change]] = Emit(functools.partial(ev.for_changes, self.name))
         deleted = await backend.job_delete_finished(
-            self.name, age, state=None if ending is None else str(ending)
+            self.name, age, state=None if ending is None else str(ending), emit=emit
         )
-        self._emit(ev.for_changes(self.name, deleted))
+        self._published(emit.stored)
         return len(deleted)
+
+    def _cancel_events(self, outcome: CancelResult) -> list[ev.Event]:
+        if not outcome.ended or outcome.job is None:
+            return []
+        return ev.for_cancel(outcome.job) + ev.for_changes(self.name, outcome.changes)
 
     # ── schedules ──────────────────────────────────────────────────────────
     async def schedule(
@@ -821,9 +836,8 @@ class Queue:
         return self.backend
 
     async def close(self) -> None:
-        """Store pending events, end event streams and subscriptions, close connections."""
+        """End event streams and subscriptions, and close the backend's connections."""
         if self._opened:
-            await self._publisher.flush()
             self._epoch += 1
             self._closing.set()
             self._closing = asyncio.Event()

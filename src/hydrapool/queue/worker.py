@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hydrapool._callables import call_maybe_async
-from hydrapool.backends.base import Claim, ClaimParams, Finish, JobRecord
+from hydrapool.backends.base import Claim, ClaimParams, Emit, Finish, JobRecord
 from hydrapool.exceptions import Fail, PayloadError
 from hydrapool.queue import _signals
 from hydrapool.queue import events as ev
@@ -168,13 +168,14 @@ class Worker:
             return []
         params = ClaimParams(self.queue.name, self.id, free, self.lease, self.channels)
         try:
-            claims: list[Claim] = await backend.job_claim(params)
+            emit = Emit(functools.partial(ev.for_claims, worker=self.id))
+            claims: list[Claim] = await backend.job_claim(params, emit=emit)
         except Exception:  # a locked or unreachable store: back off, never die
             logger.exception("claiming jobs failed; retrying shortly")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 1.0)
             return []
-        self.queue._emit(ev.for_claims(claims, self.id))
+        self.queue._published(emit.stored)
         for claim in claims:
             self._start(claim)
         return claims
@@ -206,7 +207,6 @@ class Worker:
         if self._flushing is not None:
             await asyncio.gather(self._flushing, return_exceptions=True)
         await self._flush()
-        await self.queue._publisher.flush()  # this worker's events are stored when it stops
 
     # ── running one job ────────────────────────────────────────────────────
     def _start(self, claim: Claim) -> None:
@@ -323,9 +323,9 @@ class Worker:
         while self._finishes:
             pairs, self._finishes = self._finishes, []
             batch = [finish for finish, _ in pairs]
-            stored = await self._record(batch)
+            stored = await self._record(batch, [job for _, job in pairs])
             applied = stored.applied
-            self.queue._emit(stored.events(self.queue.name, batch, [j for _, j in pairs], self.id))
+            self.queue._published(stored.events)
             for finish, ok in zip(batch, applied, strict=True):
                 self._counts["refused" if not ok else _OUTCOME[finish.state]] += 1
                 if not ok:
@@ -343,9 +343,10 @@ class Worker:
             ):
                 self.queue._notify()
 
-    async def _record(self, batch: list[Finish]) -> Stored:
+    async def _record(self, batch: list[Finish], jobs: list[JobRecord]) -> Stored:
         """Store reports; a batch that keeps failing goes one by one, so none blocks."""
-        return await store_finishes(self.queue.backend, self.queue.name, batch, (0.0, 0.2, 1.0))
+        backend, name = self.queue.backend, self.queue.name
+        return await store_finishes(backend, name, batch, jobs, self.id, (0.0, 0.2, 1.0))
 
     async def _heartbeats(self) -> None:
         backend = self.queue.backend

@@ -35,6 +35,7 @@ from hydrapool.backends.base import (
     ChannelPolicy,
     Claim,
     ClaimParams,
+    Emit,
     Finish,
     FinishResult,
     Heartbeat,
@@ -42,6 +43,7 @@ from hydrapool.backends.base import (
     NewJob,
     PoolSnapshot,
     ScheduleRecord,
+    stamp,
 )
 from hydrapool.queue.events import Event, EventType
 
@@ -95,6 +97,7 @@ class SqliteBackend:
         self._conn: sqlite3.Connection | None = None
         self._wakers: dict[str, asyncio.Event] = {}
         self._event_waker = asyncio.Event()  # set when this process stored events
+        self._stored_events = False  # set on the connection thread, read after each call
         self._opened = False
         self._opening = asyncio.Lock()
         self._claimed_version: int | None = None
@@ -104,7 +107,12 @@ class SqliteBackend:
         if not self._opened:
             await self.open()
         assert self._executor is not None
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn)
+        result = await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn)
+        if self._stored_events:  # wake this process's event streams at once
+            self._stored_events = False
+            self._event_waker.set()
+            self._event_waker = asyncio.Event()  # the waiters of that one are all woken
+        return result
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         assert self._conn is not None
@@ -189,15 +197,23 @@ class SqliteBackend:
         return time.time()
 
     # ── jobs ───────────────────────────────────────────────────────────────
-    async def job_insert_many(self, queue: str, jobs: Sequence[NewJob]) -> list[JobRecord]:
+    async def job_insert_many(
+        self, queue: str, jobs: Sequence[NewJob], *, emit: Emit[list[JobRecord]] | None = None
+    ) -> list[JobRecord]:
         """Insert all in one transaction; a job into a full channel is stored ``dropped``."""
-        return await self._run(lambda conn: self._insert(conn, queue, jobs))
+        return await self._run(lambda conn: self._insert(conn, queue, jobs, emit))
 
     def _insert(
-        self, conn: sqlite3.Connection, queue: str, jobs: Sequence[NewJob]
+        self,
+        conn: sqlite3.Connection,
+        queue: str,
+        jobs: Sequence[NewJob],
+        emit: Emit[list[JobRecord]] | None,
     ) -> list[JobRecord]:
         with self._write(conn) as now:
-            return self._insert_in(conn, queue, jobs, now)
+            records = self._insert_in(conn, queue, jobs, now)
+            self._emit(conn, queue, emit, records, now)
+            return records
 
     @staticmethod
     def _dedup_twin(conn: sqlite3.Connection, queue: str, new: NewJob) -> JobRecord | None:
@@ -316,12 +332,17 @@ class SqliteBackend:
         return out
 
     def job_insert_in_transaction(
-        self, conn: sqlite3.Connection, queue: str, jobs: Sequence[NewJob]
+        self,
+        conn: sqlite3.Connection,
+        queue: str,
+        jobs: Sequence[NewJob],
+        *,
+        emit: Emit[list[JobRecord]] | None = None,
     ) -> list[JobRecord]:
         """Insert with the *caller's* connection, inside the caller's transaction.
 
-        Nothing is committed here: the jobs exist once the caller commits, and
-        a rollback leaves none (DESIGN.md invariant 8).
+        Nothing is committed here: the jobs (and their events) exist once the
+        caller commits, and a rollback leaves none (DESIGN.md invariant 8).
         """
         if not isinstance(conn, sqlite3.Connection):
             raise TypeError(f"a SQLite queue takes a sqlite3.Connection, got {conn!r}")
@@ -334,7 +355,11 @@ class SqliteBackend:
         saved = conn.row_factory, conn.text_factory
         conn.row_factory, conn.text_factory = sqlite3.Row, str
         try:
-            return self._insert_in(conn, queue, jobs, time.time())
+            now = time.time()
+            records = self._insert_in(conn, queue, jobs, now)
+            if emit is not None:  # not through _emit: nothing is stored until the caller commits
+                emit.stored = self._store_events(conn, queue, emit.make(records), now)
+            return records
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
                 raise ValueError(
@@ -345,11 +370,15 @@ class SqliteBackend:
         finally:
             conn.row_factory, conn.text_factory = saved
 
-    async def job_claim(self, params: ClaimParams) -> list[Claim]:
+    async def job_claim(
+        self, params: ClaimParams, *, emit: Emit[list[Claim]] | None = None
+    ) -> list[Claim]:
         """Claim due jobs within the channel and queue limits, in one transaction."""
-        return await self._run(lambda conn: self._claim(conn, params))
+        return await self._run(lambda conn: self._claim(conn, params, emit))
 
-    def _claim(self, conn: sqlite3.Connection, params: ClaimParams) -> list[Claim]:
+    def _claim(
+        self, conn: sqlite3.Connection, params: ClaimParams, emit: Emit[list[Claim]] | None
+    ) -> list[Claim]:
         q = {"queue": params.queue}
         with self._write(conn) as now:
             # What this claim saw: work_wait wakes on any commit after it.
@@ -390,6 +419,7 @@ class SqliteBackend:
             for channel, mark in served.items():
                 conn.execute(Q["channel_served"], {**q, "channel": channel, "mark": mark})
             conn.execute(Q["queue_counter_set"], {**q, "counter": counter})
+            self._emit(conn, params.queue, emit, claims, now)
             return claims
 
     def _candidates(
@@ -450,12 +480,18 @@ class SqliteBackend:
                         cancel.add(row["id"])
         return Heartbeat(frozenset(kept), frozenset(cancel))
 
-    async def job_finish_many(self, queue: str, finishes: Sequence[Finish]) -> FinishResult:
+    async def job_finish_many(
+        self, queue: str, finishes: Sequence[Finish], *, emit: Emit[FinishResult] | None = None
+    ) -> FinishResult:
         """Apply each decision where its lease still matches, in one transaction."""
-        return await self._run(lambda conn: self._finish(conn, queue, finishes))
+        return await self._run(lambda conn: self._finish(conn, queue, finishes, emit))
 
     def _finish(
-        self, conn: sqlite3.Connection, queue: str, finishes: Sequence[Finish]
+        self,
+        conn: sqlite3.Connection,
+        queue: str,
+        finishes: Sequence[Finish],
+        emit: Emit[FinishResult] | None,
     ) -> FinishResult:
         groups: dict[str, list[dict[str, Any]]] = {"end": [], "retry": [], "hand_back": []}
         for f in finishes:
@@ -489,10 +525,14 @@ class SqliteBackend:
                     applied.update((row[0], row[1]) for row in rows)
             ended = [(job_id, state) for job_id, state in applied.items() if state in _TERMINAL]
             changes = self._resolve(conn, queue, ended, now)
-        # One statement per kind of outcome; a worker reports a job once per claim.
-        return FinishResult([applied.get(f.job_id) for f in finishes], changes)
+            # One statement per kind of outcome; a worker reports a job once per claim.
+            result = FinishResult([applied.get(f.job_id) for f in finishes], changes)
+            self._emit(conn, queue, emit, result, now)
+        return result
 
-    async def job_cancel(self, queue: str, job_id: str) -> CancelResult:
+    async def job_cancel(
+        self, queue: str, job_id: str, *, emit: Emit[CancelResult] | None = None
+    ) -> CancelResult:
         """Cancel a job not yet running; flag a running one."""
 
         def cancel(conn: sqlite3.Connection) -> CancelResult:
@@ -505,7 +545,9 @@ class SqliteBackend:
                 else:
                     conn.execute(Q["job_cancel_running"], params)
                 row = conn.execute(Q["job_get"], params).fetchone()
-            return CancelResult(None if row is None else _record(row), ended, changes)
+                result = CancelResult(None if row is None else _record(row), ended, changes)
+                self._emit(conn, queue, emit, result, now)
+            return result
 
         return await self._run(cancel)
 
@@ -547,7 +589,9 @@ class SqliteBackend:
 
         return await self._run(expired)
 
-    async def job_release_due(self, queue: str) -> list[Change]:
+    async def job_release_due(
+        self, queue: str, *, emit: Emit[list[Change]] | None = None
+    ) -> list[Change]:
         """waiting/retrying -> queued once due (and no parent is left to wait for)."""
 
         def release(conn: sqlite3.Connection) -> list[Change]:
@@ -559,12 +603,18 @@ class SqliteBackend:
                         Q["job_release_due"], params
                     ).fetchall():
                         moved.append(Change(job_id, channel, task, attempts, old, "queued"))
+                self._emit(conn, queue, emit, moved, now)
             return moved
 
         return await self._run(release)
 
     async def job_delete_finished(
-        self, queue: str, older_than: float, *, state: str | None = None
+        self,
+        queue: str,
+        older_than: float,
+        *,
+        state: str | None = None,
+        emit: Emit[list[Change]] | None = None,
     ) -> list[Change]:
         """Delete jobs that ended long enough ago (of one state, if given)."""
 
@@ -575,7 +625,9 @@ class SqliteBackend:
                     {"queue": queue, "cutoff": now - older_than, "state": state},
                 ).fetchall()
                 conn.execute(Q["channel_prune"], {"queue": queue})
-            return [Change(i, c, t, a, old, "deleted") for i, c, t, a, old in rows]
+                deleted = [Change(i, c, t, a, old, "deleted") for i, c, t, a, old in rows]
+                self._emit(conn, queue, emit, deleted, now)
+            return deleted
 
         return await self._run(delete)
 
@@ -659,12 +711,17 @@ class SqliteBackend:
         )
 
     async def schedule_fire(
-        self, record: ScheduleRecord, next_run: float, job: NewJob
+        self,
+        record: ScheduleRecord,
+        next_run: float,
+        job: NewJob,
+        *,
+        emit: Emit[JobRecord | None] | None = None,
     ) -> JobRecord | None:
         """Advance the schedule and insert its job, in one transaction."""
 
         def fire(conn: sqlite3.Connection) -> JobRecord | None:
-            with self._write(conn):
+            with self._write(conn) as now:
                 moved = conn.execute(
                     Q["schedule_advance"],
                     {
@@ -677,7 +734,9 @@ class SqliteBackend:
                 ).rowcount
                 if moved != 1:
                     return None
-                return self._insert_in(conn, record.queue, [job], time.time())[0]
+                inserted = self._insert_in(conn, record.queue, [job], now)[0]
+                self._emit(conn, record.queue, emit, inserted, now)
+                return inserted
 
         return await self._run(fire)
 
@@ -692,19 +751,15 @@ class SqliteBackend:
         return await self._run(take)
 
     # ── events ─────────────────────────────────────────────────────────────
-    async def event_publish(self, queue: str, events: Sequence[Event]) -> list[Event]:
-        """Store events in one transaction; returns them numbered and dated."""
-        if not events:
-            return []
-
-        def store(conn: sqlite3.Connection) -> list[Event]:
-            with self._write(conn) as now:
-                return self._store_events(conn, queue, events, now)
-
-        stored = await self._run(store)
-        self._event_waker.set()
-        self._event_waker = asyncio.Event()  # the waiters of this one are all woken
-        return stored
+    def _emit(
+        self, conn: sqlite3.Connection, queue: str, emit: Emit[T] | None, result: T, now: float
+    ) -> None:
+        """Store the core's events for a step inside its (still open) transaction."""
+        if emit is not None:
+            events = emit.make(result)
+            if events:
+                emit.stored = self._store_events(conn, queue, events, now)
+                self._stored_events = True
 
     @staticmethod
     def _store_events(
@@ -713,32 +768,24 @@ class SqliteBackend:
         conn.executemany(
             Q["event_insert"],
             [
-                {
-                    "queue": queue,
-                    "type": str(e.type),
-                    "job_id": e.job_id,
-                    "channel": e.channel,
-                    "task": e.task,
-                    "attempt": e.attempt,
-                    "at": now,
-                    "worker": e.worker_id,
-                    "error": e.error,
-                    "detail": e.detail,
-                }
+                (
+                    queue,
+                    e.type.value,
+                    e.job_id,
+                    e.channel,
+                    e.task,
+                    e.attempt,
+                    now,
+                    e.worker_id,
+                    e.error,
+                    e.detail,
+                )
                 for e in events
             ],
         )
         # Inside the write transaction seqs are consecutive, ending at the last rowid.
         last = conn.execute(Q["event_last_rowid"]).fetchone()[0]
-        first = last - len(events) + 1
-        return [replace(e, seq=first + i, time=now, queue=queue) for i, e in enumerate(events)]
-
-    def event_publish_in_transaction(
-        self, conn: sqlite3.Connection, queue: str, events: Sequence[Event]
-    ) -> None:
-        """Store events with the caller's connection: they exist only if the caller commits."""
-        if events:
-            self._store_events(conn, queue, events, time.time())
+        return stamp(events, last - len(events) + 1, now)
 
     async def event_read(self, queue: str, after: int, limit: int) -> list[Event]:
         """Events after ``after``, oldest first."""

@@ -280,9 +280,10 @@ UPDATE hydrapool_schedules SET next_run = :new_next_run
 WHERE queue = :queue AND channel = :channel AND name = :name AND next_run = :old_next_run;
 
 -- name: event_insert
+-- Positional: executemany binds a tuple per event faster than a dict.
 INSERT INTO hydrapool_events
     (queue, type, job_id, channel, task, attempt, at, worker, error, detail)
-VALUES (:queue, :type, :job_id, :channel, :task, :attempt, :at, :worker, :error, :detail);
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: event_last_rowid
 SELECT last_insert_rowid();
@@ -301,9 +302,10 @@ SELECT * FROM hydrapool_events WHERE seq > :after AND queue = :queue ORDER BY se
 
 -- name: event_trim
 -- Events are stored in time order, so the old ones are a prefix of the table:
--- finding where it ends reads only the rows about to be deleted.
+-- finding where it ends reads only the rows about to be deleted. The newest
+-- row always stays: new seqs continue from it (see 0005_events.sql).
 DELETE FROM hydrapool_events
 WHERE queue = :queue
   AND seq < COALESCE(
       (SELECT seq FROM hydrapool_events WHERE at >= :cutoff ORDER BY seq LIMIT 1),
-      (SELECT MAX(seq) + 1 FROM hydrapool_events));
+      (SELECT MAX(seq) FROM hydrapool_events));
