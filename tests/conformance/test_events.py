@@ -426,3 +426,98 @@ async def test_events_are_trimmed_by_retention(url: str) -> None:
 def test_event_retention_is_checked(url: str) -> None:
     with pytest.raises(ValueError, match="event_retention"):
         hp.Queue(url, event_retention=-1)
+
+
+# ── from review ──────────────────────────────────────────────────────────────
+async def test_a_quiet_stream_waits_without_spinning_while_another_queue_is_busy(
+    url: str,
+) -> None:
+    quiet, busy = hp.Queue(url, name="quiet"), hp.Queue(url, name="busy")
+    async with quiet, busy:
+        backend = await quiet._backend_ready()
+        reads = 0
+        read = backend.event_read
+
+        async def counting(*args: Any) -> list[hp.Event]:
+            nonlocal reads
+            reads += 1
+            return await read(*args)
+
+        backend.event_read = counting  # type: ignore[method-assign]
+        stream = quiet.events()
+        await busy.enqueue("job")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(stream), 0.3)
+        assert reads < 10, f"{reads} reads in 0.3 s: the stream spins"
+
+
+@pytest.mark.parametrize("failing_first", [True, False])
+async def test_two_parents_ending_in_one_batch_tell_the_child_once(
+    queue: hp.Queue, failing_first: bool
+) -> None:
+    from hydrapool.backends.base import ClaimParams, Finish
+    from hydrapool.queue._reports import finish_events
+
+    bad = await queue.enqueue("job")
+    good = await queue.enqueue("job")
+    child = await queue.options("job", depends_on=[bad, good]).enqueue()
+    stream = queue.events()
+    claims = await queue.backend.job_claim(ClaimParams(queue.name, "w", 2, 30.0))
+    by_id = {c.job.id: c for c in claims}
+    finishes = [
+        Finish(bad.id, by_id[bad.id].lease, "failed", error="x"),
+        Finish(good.id, by_id[good.id].lease, "succeeded", result="1"),
+    ]
+    if not failing_first:
+        finishes.reverse()
+    jobs = [by_id[f.job_id].job for f in finishes]
+    emit = finish_events(queue.name, finishes, jobs, "w")
+    await queue.backend.job_finish_many(queue.name, finishes, emit=emit)
+    seen = await until(stream, child.id, T.FINALIZED)
+    assert kinds(seen).count("dependencies_unmet") == 1
+    await queue.close()
+    rest = [e async for e in stream]  # everything stored is still read at close
+    assert [e.type for e in rest if e.job_id == child.id] == []
+
+
+def test_event_types_and_job_states_hash_like_their_text() -> None:
+    assert T.FAILED in {"failed", "finalized"}
+    assert len({T.FAILED, "failed"}) == 1
+    assert hp.JobState.FAILED in {"failed"}
+    assert {"succeeded": 1}[hp.JobState.SUCCEEDED] == 1
+
+
+def test_an_empty_types_filter_is_refused(queue: hp.Queue) -> None:
+    with pytest.raises(ValueError, match="types is empty"):
+        queue.events(types=[])
+
+
+async def test_close_lets_subscribers_deliver_what_was_stored(url: str) -> None:
+    queue = hp.Queue(url, name="tail")
+    seen: list[str] = []
+    queue.on_event(lambda event: seen.append(event.job_id))
+    jobs = [await queue.enqueue("job") for _ in range(3)]
+    await queue.close()
+    assert seen == [j.id for j in jobs]
+
+
+async def test_a_stream_of_a_closed_queue_ends_without_reopening_it(url: str) -> None:
+    queue = hp.Queue(url, name="shut")
+    await queue.enqueue("job")
+    stream = queue.events()
+    await queue.close()
+    assert [e async for e in stream] == []
+    assert not queue._opened
+    async with queue.events() as late:  # created after the close: a new opening
+        await queue.enqueue("job")
+        async with asyncio.timeout(10):
+            assert (await anext(late)).type is T.ENQUEUED
+    await queue.close()
+
+
+async def test_aclose_from_another_task_ends_a_waiting_stream(queue: hp.Queue) -> None:
+    stream = queue.events()
+    reader = asyncio.create_task(consume(stream))
+    await asyncio.sleep(0.05)  # let it reach its wait
+    await stream.aclose()
+    assert await asyncio.wait_for(reader, 0.5) == []

@@ -569,7 +569,8 @@ class MemoryBackend:
 
     async def event_wait(self, queue: str, after: int, timeout: float) -> None:
         """Wait for an event after ``after`` (or the timeout)."""
-        if self._q(queue).event_seq > after:
+        events = self._q(queue).events
+        if events and events[-1].seq > after:
             return
         waker = self._event_wakers.setdefault(queue, asyncio.Event())
         waker.clear()

@@ -30,6 +30,7 @@ logger = logging.getLogger("hydrapool.events")
 
 READ_BATCH = 500
 IDLE_WAIT = 1.0  # seconds between re-checks when nothing wakes a waiting stream
+EARLY_LIMIT = 10_000  # events kept for a stream that has not read yet
 
 
 class EventStream:
@@ -47,16 +48,21 @@ class EventStream:
         self.channel = channel
         self._cursor = after
         self._ready: list[Event] = []
-        self._early: list[Event] = []  # pushed before the cursor was fixed
+        self._early: list[Event] | None = []  # pushed before the cursor was fixed
         self._closed = False
+        self._wake = asyncio.Event()  # aclose() from another task
         self._epoch = queue._epoch
+        self._closing = queue._closing  # this opening's: set once, never replaced
         self._since = time.time()
         if after is None:
             queue._streams.add(self)
 
     def _pushed(self, events: list[Event]) -> None:
-        if self._cursor is None:
+        if self._cursor is None and self._early is not None:
             self._early += events
+            if len(self._early) > EARLY_LIMIT:  # never read: stop keeping (time still counts)
+                self._early = None
+                self.queue._streams.discard(self)
 
     def _wants(self, event: Event) -> bool:
         return (not self.types or event.type in self.types) and (
@@ -72,33 +78,42 @@ class EventStream:
                 event = self._ready.pop(0)
                 if self._wants(event):
                     return event
+            # Never touch the backend of a closed queue (that would open it again).
             if self._closed or self.queue._epoch != self._epoch:
                 raise StopAsyncIteration
-            await self._fill()
+            if not await self._fill():
+                raise StopAsyncIteration
 
-    async def _fill(self) -> None:
+    async def _start(self, last: int) -> None:
+        self.queue._streams.discard(self)
+        self._ready = sorted((e for e in self._early or () if e.seq <= last), key=_seq)
+        self._early = None
+        self._cursor = last
+
+    async def _fill(self) -> bool:
+        """Read more; False once the queue is closing and everything stored was read."""
         backend = await self.queue._backend_ready()
         if self._cursor is None:
-            last = await backend.event_since(self.queue.name, self._since)
-            self.queue._streams.discard(self)
-            self._ready = sorted((e for e in self._early if e.seq <= last), key=_seq)
-            self._early = []
-            self._cursor = last
-            return
+            await self._start(await backend.event_since(self.queue.name, self._since))
+            return True
         batch = await backend.event_read(self.queue.name, self._cursor, READ_BATCH)
         if batch:
             self._cursor = batch[-1].seq
             self._ready = batch
-            return
-        waiting = asyncio.ensure_future(
-            backend.event_wait(self.queue.name, self._cursor, IDLE_WAIT)
-        )
-        closing = asyncio.ensure_future(self.queue._closing.wait())
+            return True
+        if self._closing.is_set():
+            return False  # the queue is closing and this stream has read everything
+        waits = [
+            asyncio.ensure_future(backend.event_wait(self.queue.name, self._cursor, IDLE_WAIT)),
+            asyncio.ensure_future(self._closing.wait()),
+            asyncio.ensure_future(self._wake.wait()),
+        ]
         try:
-            await asyncio.wait((waiting, closing), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            waiting.cancel()
-            closing.cancel()
+            for waiter in waits:
+                waiter.cancel()
+        return True
 
     @property
     def cursor(self) -> int | None:
@@ -106,13 +121,16 @@ class EventStream:
         return self._cursor
 
     async def aclose(self) -> None:
-        """Stop: the iteration ends."""
+        """Stop: the iteration ends (at once, also when another task is waiting in it)."""
         self._closed = True
+        self._wake.set()
         self.queue._streams.discard(self)
 
     async def __aenter__(self) -> EventStream:
-        if self._cursor is None:
-            await self._fill()  # the cursor is fixed: nothing after this line is missed
+        if self._cursor is None and self.queue._epoch == self._epoch:
+            # Exact: everything committed after this point is read, whatever its time.
+            backend = await self.queue._backend_ready()
+            await self._start(await backend.event_last(self.queue.name))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -52,7 +52,7 @@ class EventType(enum.StrEnum):
     DELETED = "deleted"  # removed by retention or purge
     REPORT_REFUSED = "report_refused"  # a worker reported on a lease it no longer held
 
-    __hash__ = object.__hash__
+    __hash__ = str.__hash__  # equal to its text, so it hashes like it: T.FAILED in {"failed"}
 
     def __str__(self) -> str:
         return self.value
@@ -117,6 +117,8 @@ def event_types(types: Iterable[EventType | str] | EventType | str | None) -> fr
         except ValueError:
             valid = ", ".join(t.value for t in EventType)
             raise ValueError(f"unknown event type {value!r}: use one of {valid}") from None
+    if not out:
+        raise ValueError("types is empty, so nothing would match: pass None for every type")
     return frozenset(out)
 
 
@@ -169,30 +171,39 @@ def for_finish(
     finish: Finish, state: str | None, job: JobRecord, worker: str | None
 ) -> list[Event]:
     """A worker's (or the coordinator's) decision about a running job, and where it ended."""
-    q, n = job.queue, job.attempts
+    # Handed back: the attempt is refunded, even when a cancel request ended it instead.
+    n = job.attempts - 1 if finish.state == "queued" else job.attempts
 
     def make(kind: EventType, **kw: Any) -> Event:
-        return _make(kind, q, job, n, worker=worker, **kw)
+        return _make(kind, job.queue, job, n, worker=worker, **kw)
 
     if state is None:
-        why = f"{finish.state} report refused: the lease was no longer held"
-        return [make(EventType.REPORT_REFUSED, error=why)]
+        return [make(EventType.REPORT_REFUSED, error=_refusal(finish))]
     out = [make(EventType.LEASE_EXPIRED, error=finish.error)] if finish.expired else []
     if finish.state in ("failed", "retrying"):
         out.append(make(EventType.FAILED, error=finish.error))
-    if state == "succeeded":
-        out.append(make(EventType.SUCCEEDED))
-    elif state == "retrying":
+    if state == "retrying":
         out.append(make(EventType.RETRYING, error=finish.error, detail=f"{finish.delay:g}s"))
-    elif state == "queued":  # handed back: the attempt is refunded
-        out.append(_make(EventType.REQUEUED, q, job, n - 1, worker=worker))
-    elif state == "cancelled":
-        out.append(make(EventType.CANCELLED))
     elif state == "failed" and n >= job.max_attempts:
         out.append(make(EventType.ATTEMPTS_EXHAUSTED, error=finish.error))
+    elif state in _ENDED_AS:
+        out.append(make(_ENDED_AS[state]))
     if state in ("succeeded", "failed", "cancelled"):
         out.append(make(EventType.FINALIZED, detail=state))
     return out
+
+
+_ENDED_AS = {
+    "succeeded": EventType.SUCCEEDED,
+    "queued": EventType.REQUEUED,
+    "cancelled": EventType.CANCELLED,
+}
+
+
+def _refusal(finish: Finish) -> str:
+    if finish.expired:
+        return f"rescue ({finish.state}) refused: the job had moved on meanwhile"
+    return f"{finish.state} report refused: the lease was no longer held"
 
 
 def for_cancel(job: JobRecord) -> list[Event]:

@@ -58,6 +58,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}")
 DEFAULT_CHANNEL = "default"
+CLOSE_GRACE = 5.0  # seconds on_event subscribers get at close() to deliver stored events
 
 
 def check_name(kind: str, name: object) -> str:
@@ -836,10 +837,15 @@ class Queue:
         return self.backend
 
     async def close(self) -> None:
-        """End event streams and subscriptions, and close the backend's connections."""
+        """Let event streams and subscriptions read what was stored, end them, and close
+        the backend's connections."""
         if self._opened:
-            self._epoch += 1
+            # Streams read what was stored before they end; subscribers get CLOSE_GRACE
+            # seconds to deliver it, then are cancelled.
             self._closing.set()
+            if self._subscribers:
+                await asyncio.wait(set(self._subscribers), timeout=CLOSE_GRACE)
+            self._epoch += 1
             self._closing = asyncio.Event()
             for task in list(self._subscribers):
                 task.cancel()

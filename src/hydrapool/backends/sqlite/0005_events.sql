@@ -18,5 +18,13 @@ CREATE TABLE hydrapool_events (
     detail   TEXT
 );
 
+-- A queue's events in order: reads, the newest of a queue, trims.
+CREATE INDEX hydrapool_events_queue ON hydrapool_events (queue, seq);
+
+-- Children blocked on parents stay out of the release pass's index.
+DROP INDEX hydrapool_jobs_due;
+CREATE INDEX hydrapool_jobs_due ON hydrapool_jobs (queue, run_at)
+    WHERE state IN ('waiting', 'retrying') AND parents_left = 0;
+
 -- Waiting children are now 'waiting' (not 'queued') until their parents are done.
 UPDATE hydrapool_jobs SET state = 'waiting' WHERE state = 'queued' AND parents_left > 0;

@@ -245,8 +245,9 @@ class SqliteBackend:
                 change = Change(child, channel, task, attempts, old, old, parent, state)
                 if state == "succeeded" or not cascade:
                     params = {"queue": queue, "id": child, "now": now}
-                    new = conn.execute(Q["dep_release"], params).fetchone()[0]
-                    changes.append(replace(change, new=new))
+                    row = conn.execute(Q["dep_release"], params).fetchone()
+                    if row is not None:  # None: another parent of this batch failed it
+                        changes.append(replace(change, new=row[0]))
                     continue
                 error = f"dependency {parent} ended {state}"
                 params = {"queue": queue, "id": child, "now": now, "error": error}
@@ -795,8 +796,10 @@ class SqliteBackend:
         )
 
     async def event_last(self, queue: str) -> int:
-        """The newest event's number (any queue's: seqs are shared by the file)."""
-        return await self._run(lambda conn: int(conn.execute(Q["event_last"]).fetchone()[0]))
+        """The newest event's number."""
+        return await self._run(
+            lambda conn: int(conn.execute(Q["event_last"], {"queue": queue}).fetchone()[0])
+        )
 
     async def event_since(self, queue: str, time: float) -> int:
         """The newest event's number stored before ``time`` (0 if none)."""
@@ -808,11 +811,17 @@ class SqliteBackend:
     async def event_wait(self, queue: str, after: int, timeout: float) -> None:
         """Return when this process stores events, another commits anything, or the timeout."""
         waker = self._event_waker
-        if await self.event_last(queue) > after:
+
+        def look(conn: sqlite3.Connection) -> tuple[int, int]:
+            # The version first: a commit after it wakes the loop below.
+            version = _data_version(conn)
+            return version, int(conn.execute(Q["event_last"], {"queue": queue}).fetchone()[0])
+
+        seen, last = await self._run(look)
+        if last > after:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        seen = await self._run(_data_version)
         while (remaining := deadline - loop.time()) > 0:
             try:
                 await asyncio.wait_for(waker.wait(), min(remaining, self.poll_interval))

@@ -46,7 +46,7 @@ UPDATE hydrapool_jobs
 SET parents_left = parents_left - 1,
     state = CASE WHEN parents_left = 1 AND state = 'waiting' AND run_at <= :now
                  THEN 'queued' ELSE state END
-WHERE id = :id AND +queue = :queue
+WHERE id = :id AND +queue = :queue AND state IN ('waiting', 'queued')
 RETURNING state;
 
 -- name: dep_fail
@@ -205,8 +205,8 @@ WHERE queue = :queue AND id = :id AND state = 'running' AND lease_expires_at >= 
 -- name: job_release_due
 -- One state per statement, so each moved job says where it came from.
 UPDATE hydrapool_jobs INDEXED BY hydrapool_jobs_due SET state = 'queued'
-WHERE queue = :queue AND state IN ('waiting', 'retrying')  -- the index's own condition
-  AND state = :state AND run_at <= :now AND parents_left = 0
+WHERE queue = :queue AND state IN ('waiting', 'retrying') AND parents_left = 0  -- the index's
+  AND state = :state AND run_at <= :now
 RETURNING id, channel, task, attempts;
 
 -- name: job_delete_finished
@@ -289,8 +289,7 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 SELECT last_insert_rowid();
 
 -- name: event_last
--- Any queue's newest seq is a valid cursor, and MAX over the key reads one row.
-SELECT COALESCE(MAX(seq), 0) FROM hydrapool_events;
+SELECT COALESCE(MAX(seq), 0) FROM hydrapool_events WHERE queue = :queue;
 
 -- name: event_since
 -- Reads backwards only over the events stored since :time.
@@ -307,5 +306,6 @@ SELECT * FROM hydrapool_events WHERE seq > :after AND queue = :queue ORDER BY se
 DELETE FROM hydrapool_events
 WHERE queue = :queue
   AND seq < COALESCE(
-      (SELECT seq FROM hydrapool_events WHERE at >= :cutoff ORDER BY seq LIMIT 1),
-      (SELECT MAX(seq) FROM hydrapool_events));
+      (SELECT seq FROM hydrapool_events WHERE queue = :queue AND at >= :cutoff
+       ORDER BY seq LIMIT 1),
+      (SELECT MAX(seq) FROM hydrapool_events WHERE queue = :queue));
