@@ -84,7 +84,7 @@ class EventStream:
             if not await self._fill():
                 raise StopAsyncIteration
 
-    async def _start(self, last: int) -> None:
+    def _start(self, last: int) -> None:
         self.queue._streams.discard(self)
         self._ready = sorted((e for e in self._early or () if e.seq <= last), key=_seq)
         self._early = None
@@ -94,7 +94,7 @@ class EventStream:
         """Read more; False once the queue is closing and everything stored was read."""
         backend = await self.queue._backend_ready()
         if self._cursor is None:
-            await self._start(await backend.event_since(self.queue.name, self._since))
+            self._start(await backend.event_since(self.queue.name, self._since))
             return True
         batch = await backend.event_read(self.queue.name, self._cursor, READ_BATCH)
         if batch:
@@ -130,7 +130,7 @@ class EventStream:
         if self._cursor is None and self.queue._epoch == self._epoch:
             # Exact: everything committed after this point is read, whatever its time.
             backend = await self.queue._backend_ready()
-            await self._start(await backend.event_last(self.queue.name))
+            self._start(await backend.event_last(self.queue.name))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
