@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -30,3 +32,29 @@ def require_service(url: str) -> None:
     if os.environ.get("HYDRAPOOL_REQUIRE_SERVICES") == "1":
         pytest.fail(f"HYDRAPOOL_REQUIRE_SERVICES=1 and {reason}")
     pytest.skip(reason)
+
+
+def with_schema(url: str, schema: str) -> str:
+    """``url`` with ``?schema=`` set (a PostgreSQL queue's tables live in that schema)."""
+    parts = urlsplit(url)
+    query = "&".join(p for p in parts.query.split("&") if p and not p.startswith("schema="))
+    query = f"{query}&schema={schema}" if query else f"schema={schema}"
+    return parts._replace(query=query).geturl()
+
+
+def drop_schema(schema: str) -> None:
+    """Drop a test's own schema (and everything in it)."""
+    import psycopg
+
+    conninfo = urlsplit(POSTGRES_URL)._replace(query="").geturl()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL queue URL with a schema of this test's own, dropped afterwards."""
+    require_service(POSTGRES_URL)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield with_schema(POSTGRES_URL, schema)
+    drop_schema(schema)

@@ -1,4 +1,7 @@
-"""The conformance suite: every test runs once per backend (memory and sqlite for now)."""
+"""The conformance suite: every test runs once per backend.
+
+PostgreSQL tests each get a schema of their own (see ``postgres_url``).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import pytest
 
 import hydrapool as hp
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "postgres"]
 
 
 def backend_url(kind: str, tmp_path: Path) -> str:
@@ -27,7 +30,9 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def url(backend_kind: str, tmp_path: Path) -> str:
+def url(backend_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend_kind == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
     return backend_url(backend_kind, tmp_path)
 
 

@@ -165,6 +165,12 @@ async def test_ended_parents_leave_no_bookkeeping_behind(queue: hp.Queue) -> Non
         data = backend._q(queue.name)
         assert data.children == {}
         assert data.parents_left == {}
+    elif hasattr(backend, "schema"):  # PostgreSQL
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(backend.conninfo) as conn:
+            cursor = await conn.execute(f'SELECT COUNT(*) FROM "{backend.schema}".deps')
+            assert (await cursor.fetchone()) == (0,)
     else:
         import sqlite3
 

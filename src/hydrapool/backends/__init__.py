@@ -15,8 +15,12 @@ __all__ = ["Backend", "backend_from_url"]
 SCHEMES = ("memory", "sqlite", "postgresql", "postgres", "redis", "rediss")
 
 
-def backend_from_url(url: str) -> Backend:
-    """Make the backend for ``url`` (``memory://``, ``sqlite:///path.db``, ...)."""
+def backend_from_url(url: str, *, migrate: bool = True) -> Backend:
+    """Make the backend for ``url`` (``memory://``, ``sqlite:///path.db``, ...).
+
+    ``migrate=False`` asks a backend with a versioned schema (PostgreSQL) to
+    check it on open instead of applying pending migrations.
+    """
     if not isinstance(url, str):
         raise TypeError(f"queue URL must be a string, got {url!r}")
     scheme = urlsplit(url).scheme
@@ -28,6 +32,16 @@ def backend_from_url(url: str) -> Backend:
         from hydrapool.backends.sqlite import SqliteBackend
 
         return SqliteBackend(url)
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from hydrapool.backends.postgres import PostgresBackend
+        except ImportError as exc:
+            raise ImportError(
+                f"the postgresql:// backend needs psycopg 3 ({exc}): "
+                "pip install 'hydrapool[postgres]'"
+            ) from exc
+
+        return PostgresBackend(url, migrate=migrate)
     if scheme in SCHEMES:
         raise ValueError(f"the {scheme}:// backend is not available yet (queue URL {url!r})")
     raise ValueError(

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import inspect
 import json
 import math
 import re
@@ -389,7 +390,9 @@ class Queue:
     ``name`` namespaces everything this queue stores, so many queues share one
     SQLite file, PostgreSQL database or Redis. ``retention`` is how long
     ended jobs (and their results) are kept, in seconds; ``event_retention``
-    the same for events. The coordinator deletes what is older.
+    the same for events. The coordinator deletes what is older. ``migrate``:
+    apply pending schema migrations when the queue opens (PostgreSQL, under
+    an advisory lock); with False, opening only checks that none is pending.
     """
 
     def __init__(
@@ -400,12 +403,15 @@ class Queue:
         retention: float = 86400.0,
         event_retention: float = 3600.0,
         backend: Backend | None = None,
+        migrate: bool = True,
     ) -> None:
         self.url = url
         self.name = check_name("queue", name)
         self.retention = _number("retention", retention)
         self.event_retention = _number("event_retention", event_retention)
-        self.backend: Backend = backend if backend is not None else backend_from_url(url)
+        self.backend: Backend = (
+            backend if backend is not None else backend_from_url(url, migrate=migrate)
+        )
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._opened = False
         self._opening = asyncio.Lock()
@@ -514,6 +520,8 @@ class Queue:
                 raise TypeError(f"the {self.url.split(':')[0]} backend has no caller transactions")
             # The events are part of the caller's transaction: stored only if it commits.
             records = insert(tx.connection, self.name, new_jobs, emit=Emit(ev.for_inserts))
+            if inspect.isawaitable(records):  # PostgreSQL: the caller's connection may be async
+                records = await records
         else:
             emit: Emit[list[JobRecord]] = Emit(ev.for_inserts)
             records = await backend.job_insert_many(self.name, new_jobs, emit=emit)

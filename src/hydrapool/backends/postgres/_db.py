@@ -1,0 +1,131 @@
+"""One interface over the connections the PostgreSQL backend writes with.
+
+The backend's own pooled connections are psycopg ``AsyncConnection`` in
+pipeline mode: statements are queued and sent together, and a round trip
+happens only when a result is needed (or at commit). A caller's transaction
+may be on a psycopg ``Connection`` or ``AsyncConnection``, or on an asyncpg
+connection; each gets the same three calls, so the enqueue logic is written
+once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Protocol
+
+Row = Sequence[Any]
+_PARAM = re.compile(r"%\((\w+)\)s")
+
+
+class Pending(Protocol):
+    """A statement sent (or queued); its rows when asked."""
+
+    async def fetch(self) -> list[Row]: ...
+
+
+class Db(Protocol):
+    """Where the backend's statements run: one open transaction."""
+
+    async def submit(self, sql: str, params: Mapping[str, Any]) -> Pending:
+        """Send (or queue) a statement; read its rows later."""
+
+    async def rows(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
+        """Run a statement and return its rows."""
+
+
+class _Done:
+    def __init__(self, rows: list[Row]) -> None:
+        self._rows = rows
+
+    async def fetch(self) -> list[Row]:
+        return self._rows
+
+
+class _Cursor:
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    async def fetch(self) -> list[Row]:
+        rows: list[Row] = await self._cursor.fetchall()
+        return rows
+
+
+class AsyncPsycopg:
+    """A psycopg ``AsyncConnection`` (pipelined when in pipeline mode)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def submit(self, sql: str, params: Mapping[str, Any]) -> Pending:
+        return _Cursor(await self.conn.execute(sql, params))
+
+    async def rows(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
+        cursor = await self.conn.execute(sql, params)
+        rows: list[Row] = await cursor.fetchall()
+        return rows
+
+
+class SyncPsycopg:
+    """A psycopg (sync) ``Connection``: each call blocks for its round trip."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def submit(self, sql: str, params: Mapping[str, Any]) -> Pending:
+        return _Done(await self.rows(sql, params))
+
+    async def rows(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
+        cursor = self.conn.execute(sql, params)
+        return list(cursor.fetchall()) if cursor.description is not None else []
+
+
+class Asyncpg:
+    """An asyncpg connection: named parameters become ``$n``."""
+
+    _converted: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {}
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    @classmethod
+    def convert(cls, sql: str) -> tuple[str, tuple[str, ...]]:
+        found = cls._converted.get(sql)
+        if found is None:
+            names: list[str] = []
+
+            def number(match: re.Match[str]) -> str:
+                name = match.group(1)
+                if name not in names:
+                    names.append(name)
+                return f"${names.index(name) + 1}"
+
+            found = (_PARAM.sub(number, sql), tuple(names))
+            cls._converted[sql] = found
+        return found
+
+    async def submit(self, sql: str, params: Mapping[str, Any]) -> Pending:
+        return _Done(await self.rows(sql, params))
+
+    async def rows(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
+        text, names = self.convert(sql)
+        rows: list[Row] = await self.conn.fetch(text, *(params[n] for n in names))
+        return rows
+
+
+def adapt(conn: Any) -> Db:
+    """The ``Db`` for a caller's connection, or a TypeError naming what is accepted."""
+    module = type(conn).__module__
+    if module.startswith("psycopg"):
+        import psycopg
+
+        if isinstance(conn, psycopg.AsyncConnection):
+            return AsyncPsycopg(conn)
+        if isinstance(conn, psycopg.Connection):
+            return SyncPsycopg(conn)
+    if module.startswith("asyncpg"):
+        return Asyncpg(conn)
+    raise TypeError(
+        "a PostgreSQL queue takes a psycopg Connection or AsyncConnection, or an asyncpg "
+        f"connection, for caller transactions; got {conn!r}"
+    )

@@ -1,0 +1,197 @@
+-- hydrapool PostgreSQL schema, version 1. Everything lives in one schema
+-- ({schema}, default "hydrapool"), so several hydrapools share a database;
+-- the `queue` column namespaces the queues of one hydrapool. Times are epoch
+-- seconds (float8) of the server's clock, as in every backend.
+
+CREATE TABLE {schema}.jobs (
+    id               text             PRIMARY KEY,
+    seq              bigint           GENERATED ALWAYS AS IDENTITY,  -- arrival order (FIFO)
+    queue            text             NOT NULL,
+    task             text             NOT NULL,
+    channel          text             NOT NULL,
+    state            text             NOT NULL,
+    priority         integer          NOT NULL DEFAULT 0,
+    attempts         integer          NOT NULL DEFAULT 0,
+    max_attempts     integer          NOT NULL DEFAULT 1,
+    payload          text             NOT NULL,
+    result           text,
+    error            text,
+    created_at       double precision NOT NULL,
+    run_at           double precision NOT NULL,
+    started_at       double precision,
+    finished_at      double precision,
+    lease            text,
+    lease_expires_at double precision,
+    worker           text,
+    max_processing   double precision,
+    cancel_requested boolean          NOT NULL DEFAULT false,
+    dedup_key        text,
+    parents_left     integer          NOT NULL DEFAULT 0,
+    cascade          boolean          NOT NULL DEFAULT true,
+    has_children     boolean          NOT NULL DEFAULT false  -- a finish looks for children only then
+) WITH (fillfactor = 80);
+
+-- Jobs not yet running, per channel, runnable first and best first: a claim
+-- reads each channel's head straight off it, channel sizes are counted on it,
+-- and a skip scan over it lists the channels that have work. Few indexes on
+-- purpose: each is rewritten at every claim and every finish.
+CREATE INDEX jobs_head ON {schema}.jobs (queue, channel, parents_left, priority DESC, seq)
+    WHERE state IN ('waiting', 'queued', 'retrying');
+-- Delayed and backing-off jobs by due time, for the coordinator's release pass.
+CREATE INDEX jobs_due ON {schema}.jobs (queue, run_at)
+    WHERE state IN ('waiting', 'retrying') AND parents_left = 0;
+CREATE INDEX jobs_running ON {schema}.jobs (queue, lease_expires_at) WHERE state = 'running';
+CREATE INDEX jobs_finished ON {schema}.jobs (queue, finished_at) WHERE finished_at IS NOT NULL;
+-- At most one not-yet-started job per (queue, channel, dedup key).
+CREATE UNIQUE INDEX jobs_dedup ON {schema}.jobs (queue, channel, dedup_key)
+    WHERE dedup_key IS NOT NULL AND started_at IS NULL AND state IN ('waiting', 'queued');
+
+-- Channel limits: a row only for channels with a policy.
+CREATE TABLE {schema}.channels (
+    queue           text    NOT NULL,
+    channel         text    NOT NULL,
+    max_concurrency integer,
+    max_size        integer,
+    PRIMARY KEY (queue, channel)
+);
+
+-- Round-robin marks, written by claims only (apart from the policies, so an
+-- enqueue never waits for a claim's row lock).
+CREATE TABLE {schema}.turns (
+    queue       text   NOT NULL,
+    channel     text   NOT NULL,
+    last_served bigint NOT NULL,
+    PRIMARY KEY (queue, channel)
+);
+
+CREATE TABLE {schema}.queues (
+    queue           text   PRIMARY KEY,
+    max_concurrency integer,
+    counter         bigint NOT NULL DEFAULT 0  -- serve counter for round-robin
+);
+
+CREATE TABLE {schema}.leaders (
+    queue      text             NOT NULL,
+    name       text             NOT NULL,
+    owner      text             NOT NULL,
+    expires_at double precision NOT NULL,
+    PRIMARY KEY (queue, name)
+);
+
+CREATE TABLE {schema}.deps (
+    queue  text NOT NULL,
+    parent text NOT NULL,
+    child  text NOT NULL,
+    PRIMARY KEY (queue, parent, child)
+);
+
+CREATE TABLE {schema}.schedules (
+    queue          text             NOT NULL,
+    channel        text             NOT NULL,
+    name           text             NOT NULL,
+    spec           text             NOT NULL,  -- JSON: {"cron": ..., "tz": ...} or {"every": s}
+    task           text             NOT NULL,
+    payload        text             NOT NULL,
+    priority       integer          NOT NULL DEFAULT 0,
+    max_attempts   integer          NOT NULL DEFAULT 1,
+    max_processing double precision,
+    next_run       double precision NOT NULL,
+    created_at     double precision NOT NULL,
+    PRIMARY KEY (queue, channel, name)
+);
+CREATE INDEX schedules_due ON {schema}.schedules (queue, next_run);
+
+-- Events: every job transition, numbered per queue in commit order (see
+-- event_store). Subscribers follow them by seq; the coordinator trims by age.
+CREATE TABLE {schema}.events (
+    queue   text             NOT NULL,
+    seq     bigint           NOT NULL,
+    type    text             NOT NULL,
+    job_id  text             NOT NULL,
+    channel text             NOT NULL,
+    task    text             NOT NULL,
+    attempt integer          NOT NULL,
+    at      double precision NOT NULL,
+    worker  text,
+    error   text,
+    detail  text,
+    PRIMARY KEY (queue, seq)
+);
+
+-- The last seq handed out per queue. Its row lock, held from numbering to
+-- commit, makes seqs commit in order: a reader that saw seq n will never
+-- later find a smaller one appear.
+CREATE TABLE {schema}.event_seqs (
+    queue text   PRIMARY KEY,
+    last  bigint NOT NULL
+);
+
+CREATE FUNCTION {schema}.clock() RETURNS double precision
+LANGUAGE sql VOLATILE AS $$ SELECT extract(epoch FROM clock_timestamp())::float8 $$;
+
+-- Events of caller transactions wait here, unnumbered: numbering them in the
+-- caller's transaction would hold the queue's numbering lock until the caller
+-- commits. The next event_store of the queue (a claim, a finish, or the
+-- coordinator's pass within a second) numbers them first.
+CREATE TABLE {schema}.events_pending (
+    id      bigint           GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue   text             NOT NULL,
+    type    text             NOT NULL,
+    job_id  text             NOT NULL,
+    channel text             NOT NULL,
+    task    text             NOT NULL,
+    attempt integer          NOT NULL,
+    at      double precision NOT NULL,
+    worker  text,
+    error   text,
+    detail  text
+);
+CREATE INDEX events_pending_queue ON {schema}.events_pending (queue, id);
+
+-- Store one step's events: take the queue's numbering lock, number what
+-- caller transactions left pending, then these, dated after the lock was
+-- taken (so times rise with seqs), and NOTIFY subscribers at commit.
+-- Returns the first seq of these events and their time.
+CREATE FUNCTION {schema}.event_store(
+    p_queue text, p_channel text, p_types text[], p_job_ids text[], p_channels text[],
+    p_tasks text[], p_attempts integer[], p_workers text[], p_errors text[], p_details text[]
+) RETURNS TABLE (first_seq bigint, at double precision)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_n     integer := COALESCE(cardinality(p_types), 0);
+    v_moved integer;
+    v_last  bigint;
+    v_now   double precision;
+BEGIN
+    INSERT INTO {schema}.event_seqs AS s (queue, last) VALUES (p_queue, 0)
+    ON CONFLICT (queue) DO UPDATE SET last = s.last
+    RETURNING s.last INTO v_last;
+    v_now := {schema}.clock();
+    WITH p AS (
+        DELETE FROM {schema}.events_pending AS e WHERE e.queue = p_queue RETURNING e.*
+    )
+    INSERT INTO {schema}.events
+        (queue, seq, type, job_id, channel, task, attempt, at, worker, error, detail)
+    SELECT p_queue, v_last + row_number() OVER (ORDER BY p.id), p.type, p.job_id, p.channel,
+           p.task, p.attempt, p.at, p.worker, p.error, p.detail
+    FROM p;
+    GET DIAGNOSTICS v_moved = ROW_COUNT;
+    v_last := v_last + v_moved;
+    IF v_n > 0 THEN
+        INSERT INTO {schema}.events
+            (queue, seq, type, job_id, channel, task, attempt, at, worker, error, detail)
+        SELECT p_queue, v_last + e.ord, e.type, e.job_id, e.channel, e.task, e.attempt, v_now,
+               e.worker, e.error, e.detail
+        FROM unnest(p_types, p_job_ids, p_channels, p_tasks, p_attempts, p_workers, p_errors,
+                    p_details) WITH ORDINALITY
+             AS e(type, job_id, channel, task, attempt, worker, error, detail, ord);
+    END IF;
+    IF v_moved + v_n > 0 THEN
+        UPDATE {schema}.event_seqs SET last = v_last + v_n WHERE queue = p_queue;
+        PERFORM pg_notify(p_channel, p_queue || ' ' || (v_last + v_n));
+    END IF;
+    first_seq := v_last + 1;
+    at := v_now;
+    RETURN NEXT;
+END
+$$;

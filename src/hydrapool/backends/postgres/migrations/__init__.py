@@ -1,0 +1,1 @@
+"""Versioned PostgreSQL migrations: ``NNNN_name.sql``, ``{schema}`` replaced by the schema."""

@@ -1,0 +1,438 @@
+-- Every statement the PostgreSQL backend runs, by name. Values are always
+-- bound parameters (%(name)s); {schema} is the schema's quoted identifier,
+-- put in once when the backend starts. {cols} is the job columns in
+-- JobRecord order.
+
+-- name: migrations_create
+CREATE TABLE IF NOT EXISTS {schema}.migrations (
+    version    integer          PRIMARY KEY,
+    name       text             NOT NULL,
+    applied_at double precision NOT NULL
+);
+
+-- name: migrations_exists
+SELECT to_regclass(%(table)s) IS NOT NULL;
+
+-- name: migrations_applied
+SELECT version FROM {schema}.migrations ORDER BY version;
+
+-- name: migration_record
+INSERT INTO {schema}.migrations (version, name, applied_at)
+VALUES (%(version)s, %(name)s, extract(epoch FROM clock_timestamp())::float8);
+
+-- name: migrate_lock
+-- One migrating process at a time per schema; others wait, then find nothing to do.
+SELECT pg_advisory_xact_lock(%(key)s);
+
+-- name: schema_create
+CREATE SCHEMA IF NOT EXISTS {schema};
+
+-- name: clock
+SELECT {schema}.clock();
+
+-- ── enqueue ──────────────────────────────────────────────────────────────
+
+-- name: capped_lock
+-- Channels of the batch with a max_size, locked: inserts into one capped
+-- channel take turns, so two of them never both see the last free place.
+SELECT channel, max_size FROM {schema}.channels
+WHERE queue = %(queue)s AND channel = ANY (%(channels)s::text[]) AND max_size IS NOT NULL
+ORDER BY channel
+FOR UPDATE;
+
+-- name: capped_sizes
+-- Runs after capped_lock, with a snapshot taken after the lock was granted.
+SELECT j.channel, count(*) FROM {schema}.jobs AS j
+WHERE j.queue = %(queue)s AND j.state IN ('waiting', 'queued', 'retrying')
+  AND j.channel IN (SELECT c.channel FROM {schema}.channels AS c
+                    WHERE c.queue = %(queue)s AND c.channel = ANY (%(channels)s::text[])
+                      AND c.max_size IS NOT NULL)
+GROUP BY j.channel;
+
+-- name: dedup_twins
+SELECT {cols} FROM {schema}.jobs
+WHERE queue = %(queue)s AND dedup_key IS NOT NULL AND started_at IS NULL
+  AND state IN ('waiting', 'queued')
+  AND (channel, dedup_key) IN (SELECT * FROM unnest(%(channels)s::text[], %(keys)s::text[]));
+
+-- name: parents_mark
+-- Lock the parents named by new jobs (a claim skips them until this commits,
+-- so none can end unseen by its new children) and read their states.
+UPDATE {schema}.jobs SET has_children = true
+WHERE queue = %(queue)s AND id = ANY (%(ids)s::text[])
+RETURNING id, state, started_at;
+
+-- name: job_insert
+INSERT INTO {schema}.jobs
+    (id, queue, task, channel, state, priority, max_attempts, payload, created_at, run_at,
+     finished_at, error, max_processing, dedup_key, parents_left, cascade, has_children)
+SELECT n.id, %(queue)s, n.task, n.channel, n.state, n.priority, n.max_attempts, n.payload,
+       %(now)s, n.run_at, n.finished_at, n.error, n.max_processing, n.dedup_key,
+       n.parents_left, n.cascade, n.id = ANY (%(parents)s::text[])
+FROM unnest(%(ids)s::text[], %(tasks)s::text[], %(channels)s::text[], %(states)s::text[],
+            %(priorities)s::integer[], %(max_attempts)s::integer[], %(payloads)s::text[],
+            %(run_ats)s::float8[], %(finished_ats)s::float8[], %(errors)s::text[],
+            %(max_processings)s::float8[], %(dedup_keys)s::text[],
+            %(parents_lefts)s::integer[], %(cascades)s::boolean[])
+     AS n(id, task, channel, state, priority, max_attempts, payload, run_at, finished_at,
+          error, max_processing, dedup_key, parents_left, cascade)
+ON CONFLICT (queue, channel, dedup_key)
+    WHERE dedup_key IS NOT NULL AND started_at IS NULL AND state IN ('waiting', 'queued')
+    DO NOTHING
+RETURNING id;
+
+-- name: dep_insert
+INSERT INTO {schema}.deps (queue, parent, child)
+SELECT %(queue)s, d.parent, d.child
+FROM unnest(%(parents)s::text[], %(children)s::text[]) AS d(parent, child)
+ON CONFLICT DO NOTHING;
+
+-- name: work_notify
+SELECT pg_notify(%(channel)s, %(queue)s);
+
+-- ── claims ───────────────────────────────────────────────────────────────
+
+-- name: claim_lock
+-- Claims of one queue take turns (a transaction-scoped advisory lock, fine
+-- behind PgBouncer): the running counts that the next statement reads, in a
+-- snapshot taken after this lock was granted, include every earlier claim.
+SELECT pg_advisory_xact_lock(%(key)s);
+
+-- name: job_claim
+-- One statement: the channels with work (a skip scan of jobs_head), each
+-- channel's free places, its head jobs (locked, skipping rows another
+-- transaction holds), then priority first and round-robin over channels,
+-- up to the free slots; the chosen jobs become running, and the round-robin
+-- marks move.
+WITH RECURSIVE
+t AS MATERIALIZED (SELECT {schema}.clock() AS now),
+q AS MATERIALIZED (
+    SELECT (SELECT max_concurrency FROM {schema}.queues WHERE queue = %(queue)s) AS cap,
+           COALESCE((SELECT counter FROM {schema}.queues WHERE queue = %(queue)s), 0) AS counter
+),
+slots AS MATERIALIZED (
+    SELECT GREATEST(CASE WHEN q.cap IS NULL THEN %(limit)s::bigint
+                         ELSE LEAST(%(limit)s::bigint, q.cap - (
+                             SELECT count(*) FROM {schema}.jobs
+                             WHERE queue = %(queue)s AND state = 'running'))
+                    END, 0) AS n
+    FROM q
+),
+ch (channel) AS (
+    (SELECT channel FROM {schema}.jobs
+     WHERE queue = %(queue)s AND state IN ('waiting', 'queued', 'retrying')
+     ORDER BY channel LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.channel FROM {schema}.jobs AS j
+            WHERE j.queue = %(queue)s AND j.state IN ('waiting', 'queued', 'retrying')
+              AND j.channel > ch.channel
+            ORDER BY j.channel LIMIT 1)
+    FROM ch WHERE ch.channel IS NOT NULL
+),
+running AS MATERIALIZED (
+    SELECT channel, count(*) AS n FROM {schema}.jobs
+    WHERE queue = %(queue)s AND state = 'running' GROUP BY channel
+),
+chan AS MATERIALIZED (
+    SELECT ch.channel, COALESCE(tu.last_served, 0) AS last_served,
+           p.max_concurrency - COALESCE(r.n, 0) AS capacity  -- NULL: unlimited
+    FROM ch
+    LEFT JOIN {schema}.channels AS p ON p.queue = %(queue)s AND p.channel = ch.channel
+    LEFT JOIN {schema}.turns AS tu ON tu.queue = %(queue)s AND tu.channel = ch.channel
+    LEFT JOIN running AS r ON r.channel = ch.channel
+    WHERE ch.channel IS NOT NULL
+      AND (%(channels)s::text[] IS NULL OR ch.channel = ANY (%(channels)s::text[]))
+),
+cand AS MATERIALIZED (
+    SELECT c.channel, c.last_served, h.id, h.state, h.priority,
+           row_number() OVER (PARTITION BY c.channel ORDER BY h.priority DESC, h.seq) AS rn
+    FROM chan AS c
+    CROSS JOIN slots
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.state, j.priority, j.seq FROM {schema}.jobs AS j
+        WHERE j.queue = %(queue)s AND j.channel = c.channel AND j.parents_left = 0
+          AND j.state IN ('waiting', 'queued', 'retrying')
+          AND j.run_at <= (SELECT now FROM t)
+        ORDER BY j.priority DESC, j.seq
+        LIMIT GREATEST(LEAST(COALESCE(c.capacity, slots.n), slots.n), 0)
+        FOR UPDATE SKIP LOCKED
+    ) AS h
+),
+chosen AS MATERIALIZED (
+    SELECT id, state, channel,
+           row_number() OVER (ORDER BY priority DESC, rn, last_served, channel) AS pos
+    FROM cand
+    ORDER BY priority DESC, rn, last_served, channel
+    LIMIT (SELECT n FROM slots)
+),
+claimed AS (
+    UPDATE {schema}.jobs AS j
+    SET state = 'running', attempts = j.attempts + 1, started_at = t.now, lease = %(lease)s,
+        lease_expires_at = t.now + %(duration)s, worker = %(worker)s
+    FROM chosen, t
+    WHERE j.id = chosen.id
+    RETURNING chosen.pos, chosen.state AS was, {jcols}
+),
+marks AS (
+    INSERT INTO {schema}.turns AS tu (queue, channel, last_served)
+    SELECT %(queue)s, channel, (SELECT counter FROM q) + max(pos) FROM chosen GROUP BY channel
+    ON CONFLICT (queue, channel) DO UPDATE SET last_served = excluded.last_served
+),
+counter AS (
+    INSERT INTO {schema}.queues AS qq (queue, counter)
+    SELECT %(queue)s, (SELECT counter FROM q) + count(*) FROM chosen HAVING count(*) > 0
+    ON CONFLICT (queue) DO UPDATE SET counter = excluded.counter
+)
+SELECT * FROM claimed ORDER BY pos;
+
+-- name: job_heartbeat
+WITH t AS MATERIALIZED (SELECT {schema}.clock() AS now)
+UPDATE {schema}.jobs AS j SET lease_expires_at = t.now + %(duration)s
+FROM t, unnest(%(ids)s::text[], %(leases)s::text[]) AS f(id, lease)
+WHERE j.id = f.id AND j.queue = %(queue)s AND j.state = 'running' AND j.lease = f.lease
+  AND j.lease_expires_at >= t.now
+RETURNING j.id, j.cancel_requested;
+
+-- ── finishes ─────────────────────────────────────────────────────────────
+
+-- name: job_finish
+-- Every decision of a batch in one statement, each applied only if its lease
+-- still matches (and has expired for the coordinator's, not for a worker's).
+-- kind: end (a terminal state), retry (due again after delay), hand_back
+-- (queued again, attempt refunded). A job someone asked to cancel is not
+-- run again: a retry or hand-back of it ends cancelled.
+WITH t AS MATERIALIZED (SELECT {schema}.clock() AS now)
+UPDATE {schema}.jobs AS j
+SET state = CASE
+        WHEN f.kind = 'end' THEN f.state
+        WHEN j.cancel_requested THEN 'cancelled'
+        WHEN f.kind = 'retry' THEN 'retrying'
+        ELSE 'queued' END,
+    finished_at = CASE WHEN f.kind = 'end' OR j.cancel_requested THEN t.now
+                       ELSE j.finished_at END,
+    run_at = CASE f.kind WHEN 'end' THEN j.run_at WHEN 'retry' THEN t.now + f.delay
+                         ELSE t.now END,
+    result = CASE WHEN f.kind = 'end' THEN f.result ELSE j.result END,
+    error = CASE f.kind WHEN 'end' THEN COALESCE(f.error, j.error)
+                        WHEN 'retry' THEN f.error ELSE j.error END,
+    attempts = CASE WHEN f.kind = 'hand_back' THEN j.attempts - 1 ELSE j.attempts END,
+    started_at = CASE WHEN f.kind = 'hand_back' THEN NULL ELSE j.started_at END,
+    lease = NULL, lease_expires_at = NULL  -- worker stays: who ran the last attempt
+FROM t, unnest(%(ids)s::text[], %(leases)s::text[], %(kinds)s::text[], %(states)s::text[],
+               %(results)s::text[], %(errors)s::text[], %(delays)s::float8[],
+               %(expired)s::boolean[])
+        AS f(id, lease, kind, state, result, error, delay, expired)
+WHERE j.id = f.id AND j.queue = %(queue)s AND j.state = 'running' AND j.lease = f.lease
+  AND (j.lease_expires_at < t.now) = f.expired
+RETURNING j.id, j.state, j.has_children, t.now;
+
+-- name: dep_children
+-- The not-yet-started children of jobs that just ended, locked in id order.
+SELECT d.parent, c.id, c.cascade, c.channel, c.task, c.attempts, c.state
+FROM {schema}.deps AS d
+JOIN {schema}.jobs AS c ON c.id = d.child
+WHERE d.queue = %(queue)s AND d.parent = ANY (%(parents)s::text[])
+  AND c.state IN ('waiting', 'queued')
+ORDER BY c.id
+FOR UPDATE OF c;
+
+-- name: dep_release
+-- One parent fewer to wait for; the last one makes a due child runnable.
+UPDATE {schema}.jobs
+SET parents_left = parents_left - 1,
+    state = CASE WHEN parents_left = 1 AND state = 'waiting' AND run_at <= %(now)s
+                 THEN 'queued' ELSE state END
+WHERE id = %(id)s AND queue = %(queue)s AND state IN ('waiting', 'queued')
+RETURNING state;
+
+-- name: dep_fail
+UPDATE {schema}.jobs SET state = 'failed', finished_at = %(now)s, error = %(error)s
+WHERE id = %(id)s AND queue = %(queue)s AND state IN ('waiting', 'queued')
+RETURNING id;
+
+-- name: dep_forget
+DELETE FROM {schema}.deps WHERE queue = %(queue)s AND parent = ANY (%(parents)s::text[]);
+
+-- ── cancel, reads, maintenance ───────────────────────────────────────────
+
+-- name: job_cancel_waiting
+UPDATE {schema}.jobs SET state = 'cancelled', finished_at = {schema}.clock()
+WHERE queue = %(queue)s AND id = %(id)s AND state IN ('waiting', 'queued', 'retrying')
+RETURNING finished_at;
+
+-- name: job_cancel_running
+UPDATE {schema}.jobs SET cancel_requested = true
+WHERE queue = %(queue)s AND id = %(id)s AND state = 'running';
+
+-- name: job_get
+SELECT {cols} FROM {schema}.jobs WHERE id = %(id)s AND queue = %(queue)s;
+
+-- name: job_list
+SELECT {cols} FROM {schema}.jobs
+WHERE queue = %(queue)s
+  AND (%(state)s::text IS NULL OR state = %(state)s::text)
+  AND (%(channel)s::text IS NULL OR channel = %(channel)s::text)
+ORDER BY seq DESC LIMIT %(limit)s;
+
+-- name: job_expired
+-- Running jobs past their lease or max_processing; the latter get an expired
+-- lease, so the worker's late report is refused.
+WITH t AS MATERIALIZED (SELECT {schema}.clock() AS now),
+due AS (
+    SELECT j.id FROM {schema}.jobs AS j
+    WHERE j.queue = %(queue)s AND j.state = 'running'
+      AND (j.lease_expires_at < (SELECT now FROM t)
+           OR (j.max_processing IS NOT NULL
+               AND j.started_at + j.max_processing < (SELECT now FROM t)))
+    LIMIT %(limit)s
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE {schema}.jobs AS j
+SET lease_expires_at = LEAST(j.lease_expires_at, t.now - 0.000001)
+FROM due, t
+WHERE j.id = due.id
+RETURNING {jcols};
+
+-- name: job_release_due
+WITH t AS MATERIALIZED (SELECT {schema}.clock() AS now),
+due AS (
+    SELECT j.id, j.state FROM {schema}.jobs AS j
+    WHERE j.queue = %(queue)s AND j.state IN ('waiting', 'retrying') AND j.parents_left = 0
+      AND j.run_at <= (SELECT now FROM t)
+    ORDER BY j.run_at
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE {schema}.jobs AS j SET state = 'queued'
+FROM due
+WHERE j.id = due.id
+RETURNING j.id, j.channel, j.task, j.attempts, due.state;
+
+-- name: job_delete_finished
+DELETE FROM {schema}.jobs
+WHERE queue = %(queue)s AND finished_at < {schema}.clock() - %(older_than)s
+  AND (%(state)s::text IS NULL OR state = %(state)s::text)
+RETURNING id, channel, task, attempts, state;
+
+-- name: turns_prune
+-- Forget the round-robin marks of channels with no job left to run.
+DELETE FROM {schema}.turns AS tu
+WHERE tu.queue = %(queue)s
+  AND NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                  WHERE j.queue = tu.queue AND j.channel = tu.channel
+                    AND j.state IN ('waiting', 'queued', 'retrying', 'running'));
+
+-- name: stats_counts
+SELECT channel, state, count(*) FROM {schema}.jobs WHERE queue = %(queue)s
+GROUP BY channel, state;
+
+-- name: stats_running
+SELECT {cols} FROM {schema}.jobs WHERE queue = %(queue)s AND state = 'running'
+ORDER BY started_at;
+
+-- name: stats_policies
+SELECT channel, max_concurrency, max_size FROM {schema}.channels
+WHERE queue = %(queue)s AND (max_concurrency IS NOT NULL OR max_size IS NOT NULL);
+
+-- name: queue_get
+SELECT max_concurrency FROM {schema}.queues WHERE queue = %(queue)s;
+
+-- name: channel_policy_set
+INSERT INTO {schema}.channels (queue, channel, max_concurrency, max_size)
+VALUES (%(queue)s, %(channel)s, %(max_concurrency)s, %(max_size)s)
+ON CONFLICT (queue, channel) DO UPDATE
+SET max_concurrency = excluded.max_concurrency, max_size = excluded.max_size;
+
+-- name: channel_policy_clear
+DELETE FROM {schema}.channels WHERE queue = %(queue)s AND channel = %(channel)s;
+
+-- name: queue_limits_set
+INSERT INTO {schema}.queues (queue, max_concurrency) VALUES (%(queue)s, %(max_concurrency)s)
+ON CONFLICT (queue) DO UPDATE SET max_concurrency = excluded.max_concurrency;
+
+-- name: leader_try
+WITH t AS MATERIALIZED (SELECT {schema}.clock() AS now)
+INSERT INTO {schema}.leaders AS l (queue, name, owner, expires_at)
+SELECT %(queue)s, %(name)s, %(owner)s, t.now + %(ttl)s FROM t
+ON CONFLICT (queue, name) DO UPDATE
+SET owner = excluded.owner, expires_at = excluded.expires_at
+WHERE l.owner = excluded.owner OR l.expires_at < excluded.expires_at - %(ttl)s
+RETURNING owner;
+
+-- ── schedules ────────────────────────────────────────────────────────────
+
+-- name: schedule_upsert
+INSERT INTO {schema}.schedules AS s
+    (queue, channel, name, spec, task, payload, priority, max_attempts, max_processing,
+     next_run, created_at)
+VALUES
+    (%(queue)s, %(channel)s, %(name)s, %(spec)s, %(task)s, %(payload)s, %(priority)s,
+     %(max_attempts)s, %(max_processing)s, %(next_run)s, {schema}.clock())
+ON CONFLICT (queue, channel, name) DO UPDATE
+SET spec = excluded.spec, task = excluded.task, payload = excluded.payload,
+    priority = excluded.priority, max_attempts = excluded.max_attempts,
+    max_processing = excluded.max_processing,
+    -- Declaring the same schedule again (every start of an app) keeps its next tick.
+    next_run = CASE WHEN s.spec = excluded.spec THEN s.next_run ELSE excluded.next_run END;
+
+-- name: schedule_delete
+DELETE FROM {schema}.schedules
+WHERE queue = %(queue)s AND channel = %(channel)s AND name = %(name)s
+RETURNING name;
+
+-- name: schedule_list
+SELECT queue, channel, name, spec, task, payload, priority, max_attempts, max_processing,
+       next_run, created_at
+FROM {schema}.schedules WHERE queue = %(queue)s ORDER BY channel, name;
+
+-- name: schedule_due
+SELECT queue, channel, name, spec, task, payload, priority, max_attempts, max_processing,
+       next_run, created_at
+FROM {schema}.schedules WHERE queue = %(queue)s AND next_run <= {schema}.clock()
+ORDER BY next_run LIMIT %(limit)s;
+
+-- name: schedule_advance
+-- Compare-and-set on next_run: of several coordinators, exactly one fires a tick.
+UPDATE {schema}.schedules SET next_run = %(new_next_run)s
+WHERE queue = %(queue)s AND channel = %(channel)s AND name = %(name)s
+  AND next_run = %(old_next_run)s
+RETURNING name;
+
+-- ── events ───────────────────────────────────────────────────────────────
+
+-- name: event_store
+SELECT first_seq, at FROM {schema}.event_store(
+    %(queue)s, %(notify)s, %(types)s::text[], %(job_ids)s::text[], %(channels)s::text[],
+    %(tasks)s::text[], %(attempts)s::integer[], %(workers)s::text[], %(errors)s::text[],
+    %(details)s::text[]);
+
+-- name: event_pend
+-- A caller transaction's events: numbered by the queue's next event_store.
+INSERT INTO {schema}.events_pending
+    (queue, type, job_id, channel, task, attempt, at, worker, error, detail)
+SELECT %(queue)s, e.type, e.job_id, e.channel, e.task, e.attempt, {schema}.clock(), e.worker,
+       e.error, e.detail
+FROM unnest(%(types)s::text[], %(job_ids)s::text[], %(channels)s::text[], %(tasks)s::text[],
+            %(attempts)s::integer[], %(workers)s::text[], %(errors)s::text[],
+            %(details)s::text[]) AS e(type, job_id, channel, task, attempt, worker, error, detail);
+
+-- name: event_read
+SELECT seq, type, job_id, channel, task, attempt, at, worker, error, detail
+FROM {schema}.events WHERE queue = %(queue)s AND seq > %(after)s
+ORDER BY seq LIMIT %(limit)s;
+
+-- name: event_last
+SELECT COALESCE((SELECT last FROM {schema}.event_seqs WHERE queue = %(queue)s), 0);
+
+-- name: event_since
+SELECT COALESCE((SELECT seq FROM {schema}.events WHERE queue = %(queue)s AND at < %(time)s
+                 ORDER BY seq DESC LIMIT 1), 0);
+
+-- name: event_trim
+-- Old events are a prefix of the queue's events (times rise with seqs).
+DELETE FROM {schema}.events
+WHERE queue = %(queue)s
+  AND seq < COALESCE(
+      (SELECT seq FROM {schema}.events WHERE queue = %(queue)s
+         AND at >= {schema}.clock() - %(older_than)s
+       ORDER BY seq LIMIT 1),
+      (SELECT max(seq) FROM {schema}.events WHERE queue = %(queue)s));
