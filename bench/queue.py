@@ -1,4 +1,4 @@
-"""Benchmark: the durable queue on the embedded SQLite backend (one machine).
+"""Benchmark: the durable queue on SQLite (the embedded default) or PostgreSQL.
 
 Prints one JSON object with, like ../shared/bench-peers (whose table gives
 the peers' figures on this machine class):
@@ -9,9 +9,14 @@ the peers' figures on this machine class):
   processing_per_s = N / (last job end - first job start), measured inside
   the jobs; total_wall_s from the bulk enqueue's start to the last job's end;
 - latency: an idle worker process (concurrency 10), 200 jobs enqueued one at a
-  time on a 20 ms grid; latency = job start - enqueue time (p50/p95/p99).
+  time on a 20 ms grid; latency = job start - enqueue time (p50/p95/p99);
+- sleep: 2,000 jobs of ``asyncio.sleep(0.05)``, one worker process at
+  concurrency 100; sleep_wall_s = last end - first start (ideal 1.0 s).
 
-    python bench/queue.py [--n 20000] [--runs 3]
+    python bench/queue.py [--backend sqlite|postgres] [--n 20000] [--runs 3]
+
+PostgreSQL: ``--pg-url`` (default $HYDRAPOOL_TEST_POSTGRES_URL or the local
+server); every run uses a fresh schema, dropped afterwards.
 """
 
 from __future__ import annotations
@@ -39,6 +44,32 @@ from typing import Any
 import hydrapool as hp
 
 QUEUE = "bench"
+PG_URL = os.environ.get("HYDRAPOOL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+class Store:
+    """Where a run's queues live: SQLite files in the run's folder, or PostgreSQL schemas."""
+
+    def __init__(self, backend: str, workdir: Path, pg_url: str) -> None:
+        self.backend, self.workdir, self.pg_url = backend, workdir, pg_url
+        self.schemas: list[str] = []
+
+    def url(self, label: str) -> str:
+        if self.backend == "sqlite":
+            return f"sqlite:///{self.workdir / label}.db"
+        schema = f"bench_{label}_{os.getpid()}_{len(self.schemas)}"
+        self.schemas.append(schema)
+        sep = "&" if "?" in self.pg_url else "?"
+        return f"{self.pg_url}{sep}schema={schema}"
+
+    def drop(self) -> None:
+        if self.schemas:
+            import psycopg
+
+            with psycopg.connect(self.pg_url, autocommit=True) as conn:
+                for schema in self.schemas:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                conn.execute("CHECKPOINT")
 
 
 def build(url: str, out: Path, expected: int) -> hp.Queue:
@@ -56,6 +87,16 @@ def build(url: str, out: Path, expected: int) -> hp.Queue:
     async def noop(sent: float | None = None) -> None:
         now = time.time()
         record(now - sent if sent is not None else now)
+
+    spans: list[list[float]] = []
+
+    @queue.task
+    async def nap(seconds: float) -> None:
+        start = time.time()
+        await asyncio.sleep(seconds)
+        spans.append([start, time.time()])
+        if len(spans) == expected:
+            out.write_text(json.dumps(spans))
 
     return queue
 
@@ -86,8 +127,9 @@ async def wait_file(path: Path, timeout: float) -> None:
         await asyncio.sleep(0.005)
 
 
-async def throughput(n: int, workdir: Path) -> dict[str, float]:
-    url = f"sqlite:///{workdir / 'tp.db'}"
+async def throughput(n: int, store: Store) -> dict[str, float]:
+    workdir = store.workdir
+    url = store.url("tp")
     out = workdir / "tp.json"
     queue = build(url, out, n)
     noop = queue.tasks["noop"]
@@ -96,8 +138,8 @@ async def throughput(n: int, workdir: Path) -> dict[str, float]:
         for _ in range(2000):
             await noop.enqueue()
         single = 2000 / (time.perf_counter() - start)
-    # A fresh file for the drain, so the single-enqueue jobs do not count.
-    url = f"sqlite:///{workdir / 'tp2.db'}"
+    # A fresh store for the drain, so the single-enqueue jobs do not count.
+    url = store.url("tp2")
     queue = build(url, out, n)
     noop = queue.tasks["noop"]
     async with queue:
@@ -121,8 +163,9 @@ async def throughput(n: int, workdir: Path) -> dict[str, float]:
     }
 
 
-async def latency(workdir: Path, count: int = 200) -> dict[str, float]:
-    url = f"sqlite:///{workdir / 'lat.db'}"
+async def latency(store: Store, count: int = 200) -> dict[str, float]:
+    workdir = store.workdir
+    url = store.url("lat")
     out = workdir / "lat.json"
     queue = build(url, out, count + 1)
     noop = queue.tasks["noop"]
@@ -147,16 +190,35 @@ async def latency(workdir: Path, count: int = 200) -> dict[str, float]:
     return {"p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99), "max_ms": round(ms[-1], 2)}
 
 
-async def bench(n: int, runs: int) -> dict[str, Any]:
+async def sleep_workload(store: Store, count: int = 2000) -> dict[str, float]:
+    url = store.url("sleep")
+    out = store.workdir / "sleep.json"
+    queue = build(url, out, count)
+    nap = queue.tasks["nap"]
+    async with queue:
+        await queue.enqueue_many([(nap, (0.05,)) for _ in range(count)])
+        proc = spawn(url, out, count, 100)
+        await wait_file(out, 120)
+        proc.wait(60)
+    spans = json.loads(out.read_text())
+    return {"sleep_wall_s": round(max(e for _, e in spans) - min(s for s, _ in spans), 3)}
+
+
+async def bench(n: int, runs: int, backend: str, pg_url: str) -> dict[str, Any]:
     results: list[dict[str, float]] = []
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as tmp:
-            row = await throughput(n, Path(tmp))
-            row.update(await latency(Path(tmp)))
+            store = Store(backend, Path(tmp), pg_url)
+            try:
+                row = await throughput(n, store)
+                row.update(await latency(store))
+                row.update(await sleep_workload(store))
+            finally:
+                store.drop()
             results.append(row)
     median = {k: statistics.median(r[k] for r in results) for k in results[0]}
     return {
-        "benchmark": "queue-sqlite",
+        "benchmark": f"queue-{backend}",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "jobs": n,
@@ -174,11 +236,13 @@ def main() -> None:
     parser.add_argument("--url")
     parser.add_argument("--out")
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--pg-url", default=PG_URL)
     args = parser.parse_args()
     if args.role == "worker":
         asyncio.run(worker_main(args.url, Path(args.out), args.n, args.concurrency))
         return
-    print(json.dumps(asyncio.run(bench(args.n, args.runs)), indent=2))
+    print(json.dumps(asyncio.run(bench(args.n, args.runs, args.backend, args.pg_url)), indent=2))
 
 
 if __name__ == "__main__":

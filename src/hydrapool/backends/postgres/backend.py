@@ -24,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql as pgsql
@@ -84,7 +85,7 @@ def schema_of(url: str) -> tuple[str, str]:
         else:
             rest.append((key, value))
     check_schema(schema)
-    return urlunsplit(parts._replace(query=urlencode(rest))), schema
+    return urlunsplit(parts._replace(query=urlencode(rest, quote_via=quote))), schema
 
 
 def check_schema(schema: object) -> str:
@@ -201,6 +202,15 @@ class PostgresBackend:
         async with self._opening:
             if self._opened:
                 return
+            # A first connection of its own: a bad URL or an unreachable server fails
+            # here at once with the driver's own message (a pool would retry quietly).
+            async with await psycopg.AsyncConnection.connect(
+                self.conninfo, autocommit=True
+            ) as conn:
+                if self.auto_migrate:
+                    await self._migrate(conn)
+                else:
+                    await self._check_schema(conn)
             pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
                 self.conninfo,
                 min_size=self.min_connections,
@@ -210,15 +220,6 @@ class PostgresBackend:
                 name=f"hydrapool-{self.schema}",
             )
             await pool.open(wait=True, timeout=30)
-            try:
-                async with pool.connection() as conn:
-                    if self.auto_migrate:
-                        await self._migrate(conn)
-                    else:
-                        await self._check_schema(conn)
-            except BaseException:
-                await pool.close()
-                raise
             self._pool = pool
             self._listener = asyncio.create_task(self._listen(), name="hydrapool-listen")
             with contextlib.suppress(TimeoutError):  # else: poll until it connects
@@ -306,8 +307,7 @@ class PostgresBackend:
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations (one process at a time, under an advisory lock)."""
-        pool = await self._ready()
-        async with pool.connection() as conn:
+        async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
             return await self._migrate(conn)
 
     async def now(self) -> float:
@@ -390,7 +390,7 @@ class PostgresBackend:
         events = emit.make(result)
         if not events:
             return None
-        params = {**_event_columns(events), "queue": queue, "notify": self.event_channel}
+        params = {"events": _events_json(events), "queue": queue, "notify": self.event_channel}
         return _Later(emit, events, await db.submit(self.q["event_store"], params))
 
     async def _notify_work(self, db: Db, queue: str) -> None:
@@ -435,6 +435,10 @@ class PostgresBackend:
         self, queue: str, jobs: Sequence[NewJob], *, emit: Emit[list[JobRecord]] | None = None
     ) -> list[JobRecord]:
         """Insert all in one transaction; a job into a full channel is stored ``dropped``."""
+        if all(j.dedup_key is None and not j.depends_on and j.run_at is None for j in jobs):
+            done = await self._enqueue(queue, jobs, emit)
+            if done is not None:
+                return done
 
         async def insert(db: Db) -> tuple[list[JobRecord], _Later | None]:
             records = await self._insert_in(db, queue, jobs)
@@ -449,6 +453,52 @@ class PostgresBackend:
             except _Redo:
                 continue
         raise RuntimeError("enqueue kept meeting concurrent enqueues of the same dedup keys")
+
+    async def _enqueue(
+        self, queue: str, jobs: Sequence[NewJob], emit: Emit[list[JobRecord]] | None
+    ) -> list[JobRecord] | None:
+        """The common enqueue in one round trip; None (nothing done) if a channel is capped."""
+        records = [
+            JobRecord.new(queue, j, "waiting" if j.delay > 0 else "queued", 0.0, j.delay)
+            for j in jobs
+        ]
+        events = emit.make(records) if emit is not None else []  # the clock is not in them
+        params = {
+            "queue": queue,
+            "work": self.work_channel,
+            "notify": self.event_channel,
+            "channels": sorted({j.channel for j in jobs}),
+            "queued": any(j.delay <= 0 for j in jobs),
+            "jobs": _dumps(
+                [
+                    {
+                        "id": j.id,
+                        "task": j.task,
+                        "channel": j.channel,
+                        "priority": j.priority,
+                        "max_attempts": j.max_attempts,
+                        "payload": j.payload,
+                        "delay": j.delay,
+                        "max_processing": j.max_processing,
+                    }
+                    for j in jobs
+                ]
+            ),
+            "events": _events_json(events),
+        }
+        pool = await self._ready()
+        async with pool.connection() as conn:  # one statement, its own transaction
+            cursor = await conn.execute(self.q["job_enqueue"], params)
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        now, first, at = row
+        if emit is not None and events:
+            emit.stored = stamp(events, int(first), float(at))
+        return [
+            replace(r, created_at=now, run_at=now + j.delay)
+            for r, j in zip(records, jobs, strict=True)
+        ]
 
     async def job_insert_in_transaction(
         self,
@@ -475,7 +525,7 @@ class PostgresBackend:
         if emit is not None and (events := emit.make(records)):
             # Left unnumbered (see events_pending in the schema): numbering them here
             # would hold the queue's numbering lock until the caller commits.
-            params = {**_event_columns(events), "queue": queue}
+            params = {"events": _events_json(events), "queue": queue}
             await db.submit(self.q["event_pend"], params)
         await self._notify_work(db, queue)
         return records
@@ -488,7 +538,8 @@ class PostgresBackend:
             q = {"queue": queue}
             parents = sorted({p for p, _ in edges})  # in this batch: marked as they go in
             inserted = await db.submit(
-                self.q["job_insert"], {**q, "now": seen.now, "parents": parents, **_columns(rows)}
+                self.q["job_insert"],
+                {**q, "now": seen.now, "parents": parents, "jobs": _jobs(rows)},
             )
             if edges:
                 await db.submit(
@@ -841,41 +892,54 @@ def _plan(
 _LEASE_EXPIRES = _COLS.index("lease_expires_at")
 
 
-def _columns(rows: list[tuple[NewJob, JobRecord, int]]) -> dict[str, list[Any]]:
-    """The new jobs as one array per column, for a single ``unnest`` insert."""
-    return {
-        "ids": [r.id for _, r, _ in rows],
-        "tasks": [r.task for _, r, _ in rows],
-        "channels": [r.channel for _, r, _ in rows],
-        "states": [r.state for _, r, _ in rows],
-        "priorities": [r.priority for _, r, _ in rows],
-        "max_attempts": [r.max_attempts for _, r, _ in rows],
-        "payloads": [r.payload for _, r, _ in rows],
-        "run_ats": [r.run_at for _, r, _ in rows],
-        "finished_ats": [r.finished_at for _, r, _ in rows],
-        "errors": [r.error for _, r, _ in rows],
-        "max_processings": [r.max_processing for _, r, _ in rows],
-        "dedup_keys": [r.dedup_key for _, r, _ in rows],
-        "parents_lefts": [n for _, _, n in rows],
-        "cascades": [new.cascade for new, _, _ in rows],
-    }
+_dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
-def _event_columns(events: Sequence[Event]) -> dict[str, list[Any]]:
-    return {
-        "types": [e.type.value for e in events],
-        "job_ids": [e.job_id for e in events],
-        "channels": [e.channel for e in events],
-        "tasks": [e.task for e in events],
-        "attempts": [e.attempt for e in events],
-        "workers": [e.worker_id for e in events],
-        "errors": [e.error for e in events],
-        "details": [e.detail for e in events],
-    }
+def _jobs(rows: list[tuple[NewJob, JobRecord, int]]) -> str:
+    """The new jobs as one JSON array, for a single insert."""
+    return _dumps(
+        [
+            {
+                "id": r.id,
+                "task": r.task,
+                "channel": r.channel,
+                "state": r.state,
+                "priority": r.priority,
+                "max_attempts": r.max_attempts,
+                "payload": r.payload,
+                "run_at": r.run_at,
+                "finished_at": r.finished_at,
+                "error": r.error,
+                "max_processing": r.max_processing,
+                "dedup_key": r.dedup_key,
+                "parents_left": left,
+                "cascade": new.cascade,
+            }
+            for new, r, left in rows
+        ]
+    )
+
+
+def _events_json(events: Sequence[Event]) -> str:
+    return _dumps(
+        [
+            {
+                "type": e.type.value,
+                "job_id": e.job_id,
+                "channel": e.channel,
+                "task": e.task,
+                "attempt": e.attempt,
+                "worker": e.worker_id,
+                "error": e.error,
+                "detail": e.detail,
+            }
+            for e in events
+        ]
+    )
 
 
 def _no_events(queue: str, notify: str) -> dict[str, Any]:
-    return {**_event_columns([]), "queue": queue, "notify": notify}
+    return {"events": "[]", "queue": queue, "notify": notify}
 
 
 def _finish_params(queue: str, finishes: Sequence[Finish]) -> dict[str, Any]:
@@ -889,14 +953,17 @@ def _finish_params(queue: str, finishes: Sequence[Finish]) -> dict[str, Any]:
             kinds.append("hand_back")
         else:
             raise ValueError(f"cannot finish a job as {f.state!r}")
-    return {
-        "queue": queue,
-        "ids": [f.job_id for f in finishes],
-        "leases": [f.lease for f in finishes],
-        "kinds": kinds,
-        "states": [f.state for f in finishes],
-        "results": [f.result for f in finishes],
-        "errors": [f.error for f in finishes],
-        "delays": [float(f.delay) for f in finishes],
-        "expired": [f.expired for f in finishes],
-    }
+    batch = [
+        {
+            "id": f.job_id,
+            "lease": f.lease,
+            "kind": kind,
+            "state": f.state,
+            "result": f.result,
+            "error": f.error,
+            "delay": float(f.delay),
+            "expired": f.expired,
+        }
+        for f, kind in zip(finishes, kinds, strict=True)
+    ]
+    return {"queue": queue, "batch": _dumps(batch)}

@@ -63,23 +63,28 @@ WHERE queue = %(queue)s AND id = ANY (%(ids)s::text[])
 RETURNING id, state, started_at;
 
 -- name: job_insert
+-- The batch comes as one JSON array: the server unpacks it faster than
+-- the driver builds one array parameter per column.
 INSERT INTO {schema}.jobs
     (id, queue, task, channel, state, priority, max_attempts, payload, created_at, run_at,
      finished_at, error, max_processing, dedup_key, parents_left, cascade, has_children)
 SELECT n.id, %(queue)s, n.task, n.channel, n.state, n.priority, n.max_attempts, n.payload,
        %(now)s, n.run_at, n.finished_at, n.error, n.max_processing, n.dedup_key,
        n.parents_left, n.cascade, n.id = ANY (%(parents)s::text[])
-FROM unnest(%(ids)s::text[], %(tasks)s::text[], %(channels)s::text[], %(states)s::text[],
-            %(priorities)s::integer[], %(max_attempts)s::integer[], %(payloads)s::text[],
-            %(run_ats)s::float8[], %(finished_ats)s::float8[], %(errors)s::text[],
-            %(max_processings)s::float8[], %(dedup_keys)s::text[],
-            %(parents_lefts)s::integer[], %(cascades)s::boolean[])
-     AS n(id, task, channel, state, priority, max_attempts, payload, run_at, finished_at,
-          error, max_processing, dedup_key, parents_left, cascade)
+FROM json_to_recordset(%(jobs)s::json)
+     AS n(id text, task text, channel text, state text, priority integer,
+          max_attempts integer, payload text, run_at float8, finished_at float8, error text,
+          max_processing float8, dedup_key text, parents_left integer, cascade boolean)
 ON CONFLICT (queue, channel, dedup_key)
     WHERE dedup_key IS NOT NULL AND started_at IS NULL AND state IN ('waiting', 'queued')
     DO NOTHING
 RETURNING id;
+
+-- name: job_enqueue
+-- The common case in one call: see the enqueue function in the schema.
+SELECT now, first_seq, at
+FROM {schema}.enqueue(%(queue)s, %(work)s, %(notify)s, %(channels)s::text[], %(queued)s,
+                      %(jobs)s::json, %(events)s::json);
 
 -- name: dep_insert
 INSERT INTO {schema}.deps (queue, parent, child)
@@ -218,10 +223,9 @@ SET state = CASE
     attempts = CASE WHEN f.kind = 'hand_back' THEN j.attempts - 1 ELSE j.attempts END,
     started_at = CASE WHEN f.kind = 'hand_back' THEN NULL ELSE j.started_at END,
     lease = NULL, lease_expires_at = NULL  -- worker stays: who ran the last attempt
-FROM t, unnest(%(ids)s::text[], %(leases)s::text[], %(kinds)s::text[], %(states)s::text[],
-               %(results)s::text[], %(errors)s::text[], %(delays)s::float8[],
-               %(expired)s::boolean[])
-        AS f(id, lease, kind, state, result, error, delay, expired)
+FROM t, json_to_recordset(%(batch)s::json)
+        AS f(id text, lease text, kind text, state text, result text, error text,
+             delay float8, expired boolean)
 WHERE j.id = f.id AND j.queue = %(queue)s AND j.state = 'running' AND j.lease = f.lease
   AND (j.lease_expires_at < t.now) = f.expired
 RETURNING j.id, j.state, j.has_children, t.now;
@@ -400,10 +404,7 @@ RETURNING name;
 -- ── events ───────────────────────────────────────────────────────────────
 
 -- name: event_store
-SELECT first_seq, at FROM {schema}.event_store(
-    %(queue)s, %(notify)s, %(types)s::text[], %(job_ids)s::text[], %(channels)s::text[],
-    %(tasks)s::text[], %(attempts)s::integer[], %(workers)s::text[], %(errors)s::text[],
-    %(details)s::text[]);
+SELECT first_seq, at FROM {schema}.event_store(%(queue)s, %(notify)s, %(events)s::json);
 
 -- name: event_pend
 -- A caller transaction's events: numbered by the queue's next event_store.
@@ -411,9 +412,9 @@ INSERT INTO {schema}.events_pending
     (queue, type, job_id, channel, task, attempt, at, worker, error, detail)
 SELECT %(queue)s, e.type, e.job_id, e.channel, e.task, e.attempt, {schema}.clock(), e.worker,
        e.error, e.detail
-FROM unnest(%(types)s::text[], %(job_ids)s::text[], %(channels)s::text[], %(tasks)s::text[],
-            %(attempts)s::integer[], %(workers)s::text[], %(errors)s::text[],
-            %(details)s::text[]) AS e(type, job_id, channel, task, attempt, worker, error, detail);
+FROM json_to_recordset(%(events)s::json)
+     AS e(type text, job_id text, channel text, task text, attempt integer, worker text,
+          error text, detail text);
 
 -- name: event_read
 SELECT seq, type, job_id, channel, task, attempt, at, worker, error, detail

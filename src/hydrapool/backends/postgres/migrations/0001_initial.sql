@@ -152,13 +152,11 @@ CREATE INDEX events_pending_queue ON {schema}.events_pending (queue, id);
 -- caller transactions left pending, then these, dated after the lock was
 -- taken (so times rise with seqs), and NOTIFY subscribers at commit.
 -- Returns the first seq of these events and their time.
-CREATE FUNCTION {schema}.event_store(
-    p_queue text, p_channel text, p_types text[], p_job_ids text[], p_channels text[],
-    p_tasks text[], p_attempts integer[], p_workers text[], p_errors text[], p_details text[]
-) RETURNS TABLE (first_seq bigint, at double precision)
+CREATE FUNCTION {schema}.event_store(p_queue text, p_channel text, p_events json)
+RETURNS TABLE (first_seq bigint, at double precision)
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_n     integer := COALESCE(cardinality(p_types), 0);
+    v_n     integer := COALESCE(json_array_length(p_events), 0);
     v_moved integer;
     v_last  bigint;
     v_now   double precision;
@@ -182,8 +180,9 @@ BEGIN
             (queue, seq, type, job_id, channel, task, attempt, at, worker, error, detail)
         SELECT p_queue, v_last + e.ord, e.type, e.job_id, e.channel, e.task, e.attempt, v_now,
                e.worker, e.error, e.detail
-        FROM unnest(p_types, p_job_ids, p_channels, p_tasks, p_attempts, p_workers, p_errors,
-                    p_details) WITH ORDINALITY
+        FROM ROWS FROM (json_to_recordset(p_events)
+                        AS (type text, job_id text, channel text, task text, attempt integer,
+                            worker text, error text, detail text)) WITH ORDINALITY
              AS e(type, job_id, channel, task, attempt, worker, error, detail, ord);
     END IF;
     IF v_moved + v_n > 0 THEN
@@ -192,6 +191,46 @@ BEGIN
     END IF;
     first_seq := v_last + 1;
     at := v_now;
+    RETURN NEXT;
+END
+$$;
+
+-- The common enqueue in one call (one round trip with its commit): jobs with
+-- no dedup key, no parents and no absolute run_at, into channels with no
+-- max_size. Returns NULL, having done nothing, when a channel of the batch
+-- has a max_size: the caller then takes the general path. The core's events
+-- for the jobs come in too (they do not depend on the clock). Jobs and events
+-- arrive as JSON arrays: the server unpacks them faster than the driver
+-- builds one array parameter per column.
+CREATE FUNCTION {schema}.enqueue(
+    p_queue text, p_work text, p_notify text, p_channels text[], p_queued boolean,
+    p_jobs json, p_events json
+) RETURNS TABLE (now double precision, first_seq bigint, at double precision)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now double precision;
+BEGIN
+    IF EXISTS (SELECT 1 FROM {schema}.channels AS c
+               WHERE c.queue = p_queue AND c.channel = ANY (p_channels)
+                 AND c.max_size IS NOT NULL) THEN
+        RETURN;
+    END IF;
+    v_now := {schema}.clock();
+    INSERT INTO {schema}.jobs
+        (id, queue, task, channel, state, priority, max_attempts, payload, created_at,
+         run_at, max_processing)
+    SELECT n.id, p_queue, n.task, n.channel,
+           CASE WHEN n.delay > 0 THEN 'waiting' ELSE 'queued' END, n.priority,
+           n.max_attempts, n.payload, v_now, v_now + n.delay, n.max_processing
+    FROM json_to_recordset(p_jobs)
+         AS n(id text, task text, channel text, priority integer, max_attempts integer,
+              payload text, delay float8, max_processing float8);
+    IF p_queued THEN
+        PERFORM pg_notify(p_work, p_queue);
+    END IF;
+    now := v_now;
+    SELECT s.first_seq, s.at INTO first_seq, at
+    FROM {schema}.event_store(p_queue, p_notify, p_events) AS s;
     RETURN NEXT;
 END
 $$;
