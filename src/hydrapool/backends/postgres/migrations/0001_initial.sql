@@ -234,3 +234,136 @@ BEGIN
     RETURN NEXT;
 END
 $$;
+
+-- A claim in one call (one round trip with its commit). Claims of a queue
+-- take turns on an advisory lock (transaction-scoped: fine behind PgBouncer);
+-- each statement below reads a snapshot taken after it was granted, so the
+-- running counts include every earlier claim. Then: the channels with work (a
+-- skip scan of jobs_head), each channel's free places, its head jobs (locked,
+-- skipping rows another transaction holds), priority first and round-robin
+-- over channels up to the free slots; the chosen jobs become running and the
+-- round-robin marks move. The claim's events follow the core's rule for
+-- claims (hydrapool.queue.events.for_claims: "released" or "unlocked" for a
+-- job claimed straight from waiting or retrying, then "dequeued"); the
+-- conformance suite checks the two agree. Returns the claimed jobs as JSON,
+-- in claim order, and the events' first seq, time and count (p_events:
+-- store events at all).
+CREATE FUNCTION {schema}.claim(
+    p_queue text, p_key bigint, p_limit bigint, p_channels text[], p_lease text,
+    p_duration double precision, p_worker text, p_notify text, p_events boolean
+) RETURNS TABLE (jobs json, first_seq bigint, at double precision, events integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_jobs   json;
+    v_events json;
+BEGIN
+    PERFORM pg_advisory_xact_lock(p_key);
+    WITH RECURSIVE
+    t AS MATERIALIZED (SELECT {schema}.clock() AS now),
+    q AS MATERIALIZED (
+        SELECT (SELECT max_concurrency FROM {schema}.queues WHERE queue = p_queue) AS cap,
+               COALESCE((SELECT counter FROM {schema}.queues WHERE queue = p_queue), 0) AS counter
+    ),
+    slots AS MATERIALIZED (
+        SELECT GREATEST(CASE WHEN q.cap IS NULL THEN p_limit::bigint
+                             ELSE LEAST(p_limit::bigint, q.cap - (
+                                 SELECT count(*) FROM {schema}.jobs
+                                 WHERE queue = p_queue AND state = 'running'))
+                        END, 0) AS n
+        FROM q
+    ),
+    ch (channel) AS (
+        (SELECT channel FROM {schema}.jobs
+         WHERE queue = p_queue AND state IN ('waiting', 'queued', 'retrying')
+         ORDER BY channel LIMIT 1)
+        UNION ALL
+        SELECT (SELECT j.channel FROM {schema}.jobs AS j
+                WHERE j.queue = p_queue AND j.state IN ('waiting', 'queued', 'retrying')
+                  AND j.channel > ch.channel
+                ORDER BY j.channel LIMIT 1)
+        FROM ch WHERE ch.channel IS NOT NULL
+    ),
+    running AS MATERIALIZED (
+        SELECT channel, count(*) AS n FROM {schema}.jobs
+        WHERE queue = p_queue AND state = 'running' GROUP BY channel
+    ),
+    chan AS MATERIALIZED (
+        SELECT ch.channel, COALESCE(tu.last_served, 0) AS last_served,
+               p.max_concurrency - COALESCE(r.n, 0) AS capacity  -- NULL: unlimited
+        FROM ch
+        LEFT JOIN {schema}.channels AS p ON p.queue = p_queue AND p.channel = ch.channel
+        LEFT JOIN {schema}.turns AS tu ON tu.queue = p_queue AND tu.channel = ch.channel
+        LEFT JOIN running AS r ON r.channel = ch.channel
+        WHERE ch.channel IS NOT NULL
+          AND (p_channels::text[] IS NULL OR ch.channel = ANY (p_channels::text[]))
+    ),
+    cand AS MATERIALIZED (
+        SELECT c.channel, c.last_served, h.id, h.state, h.priority,
+               row_number() OVER (PARTITION BY c.channel ORDER BY h.priority DESC, h.seq) AS rn
+        FROM chan AS c
+        CROSS JOIN slots
+        CROSS JOIN LATERAL (
+            SELECT j.id, j.state, j.priority, j.seq FROM {schema}.jobs AS j
+            WHERE j.queue = p_queue AND j.channel = c.channel AND j.parents_left = 0
+              AND j.state IN ('waiting', 'queued', 'retrying')
+              AND j.run_at <= (SELECT now FROM t)
+            ORDER BY j.priority DESC, j.seq
+            LIMIT GREATEST(LEAST(COALESCE(c.capacity, slots.n), slots.n), 0)
+            FOR UPDATE SKIP LOCKED
+        ) AS h
+    ),
+    chosen AS MATERIALIZED (
+        SELECT id, state, channel,
+               row_number() OVER (ORDER BY priority DESC, rn, last_served, channel) AS pos
+        FROM cand
+        ORDER BY priority DESC, rn, last_served, channel
+        LIMIT (SELECT n FROM slots)
+    ),
+    claimed AS (
+        UPDATE {schema}.jobs AS j
+        SET state = 'running', attempts = j.attempts + 1, started_at = t.now, lease = p_lease,
+            lease_expires_at = t.now + p_duration, worker = p_worker
+        FROM chosen, t
+        WHERE j.id = chosen.id
+        RETURNING chosen.pos, chosen.state AS was, j.id, j.queue, j.task, j.channel, j.state,
+                  j.priority, j.attempts, j.max_attempts, j.payload, j.created_at, j.run_at, j.started_at,
+                  j.finished_at, j.result, j.error, j.lease, j.lease_expires_at, j.worker,
+                  j.max_processing, j.cancel_requested, j.dedup_key
+    ),
+    marks AS (
+        INSERT INTO {schema}.turns AS tu (queue, channel, last_served)
+        SELECT p_queue, channel, (SELECT counter FROM q) + max(pos) FROM chosen GROUP BY channel
+        ON CONFLICT (queue, channel) DO UPDATE SET last_served = excluded.last_served
+    ),
+    counter AS (
+        INSERT INTO {schema}.queues AS qq (queue, counter)
+        SELECT p_queue, (SELECT counter FROM q) + count(*) FROM chosen HAVING count(*) > 0
+        ON CONFLICT (queue) DO UPDATE SET counter = excluded.counter
+    )
+    SELECT json_agg(claimed ORDER BY pos) INTO v_jobs FROM claimed;
+    IF v_jobs IS NULL OR NOT p_events THEN
+        jobs := COALESCE(v_jobs, '[]');
+        events := 0;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    SELECT json_agg(e ORDER BY e.pos, e.step) INTO v_events FROM (
+        SELECT c.pos, 0 AS step,
+               CASE c.was WHEN 'waiting' THEN 'released' ELSE 'unlocked' END AS type,
+               c.id AS job_id, c.channel, c.task, c.attempts - 1 AS attempt,
+               NULL::text AS worker, NULL::text AS error, NULL::text AS detail
+        FROM json_to_recordset(v_jobs)
+             AS c(pos bigint, was text, id text, channel text, task text, attempts integer)
+        WHERE c.was IN ('waiting', 'retrying')
+        UNION ALL
+        SELECT c.pos, 1, 'dequeued', c.id, c.channel, c.task, c.attempts, p_worker, NULL, NULL
+        FROM json_to_recordset(v_jobs)
+             AS c(pos bigint, was text, id text, channel text, task text, attempts integer)
+    ) AS e;
+    jobs := v_jobs;
+    events := json_array_length(v_events);
+    SELECT s.first_seq, s.at INTO first_seq, at
+    FROM {schema}.event_store(p_queue, p_notify, v_events) AS s;
+    RETURN NEXT;
+END
+$$;
