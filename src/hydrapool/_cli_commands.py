@@ -206,8 +206,12 @@ def migrate(target: str | None, url: str | None, name: str | None) -> None:
     queue = load_queue(target, url, name)
 
     async def go() -> list[str]:
-        async with queue:
-            return await queue.migrate()
+        # Straight to the backend: opening the queue first would migrate on its own
+        # (Queue(migrate=True)) and leave this command nothing to report.
+        try:
+            return await queue.backend.migrate()
+        finally:
+            await queue.backend.close()
 
     applied = run(go())
     click.echo("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
