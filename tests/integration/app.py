@@ -8,6 +8,7 @@ can rebuild how many jobs ran at once across all processes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -45,6 +46,8 @@ def build(url: str, name: str, log_dir: Path) -> hp.Queue:
 async def main() -> None:
     url, name, log_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     lease = float(sys.argv[4]) if len(sys.argv) > 4 else 30.0
+    # Timestamped warnings (lost connections, refused reports, rescues) for post-mortems.
+    logging.basicConfig(format="%(created).3f %(process)d %(name)s %(levelname)s %(message)s")
     queue = build(url, name, log_dir)
     worker = hp.Worker(queue, concurrency=4, lease=lease, grace=5, coordinator_interval=0.1)
     (log_dir / f"ready-{os.getpid()}").write_text("ready")

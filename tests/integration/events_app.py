@@ -2,8 +2,9 @@
 
 ``python events_app.py listen DB_URL QUEUE OUT``: writes every event it sees
 to OUT as JSON lines (``OUT.ready`` appears once it is subscribed).
-``python events_app.py coordinate DB_URL QUEUE OUT``: declares an
-every-second schedule and runs a coordinator until SIGTERM.
+``python events_app.py every|cron DB_URL QUEUE OUT``: declares a schedule ticking
+every second (``every=1``, or the cron ``* * * * * *``) and runs a coordinator
+until SIGTERM.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import hydrapool as hp
 
@@ -26,18 +28,24 @@ async def listen(queue: hp.Queue, out: Path) -> None:
                 f.write(json.dumps(asdict(event)) + "\n")
 
 
-async def coordinate(queue: hp.Queue, out: Path) -> None:
-    await queue.schedule("tick", every=1, task="tick")
+TIMINGS: dict[str, dict[str, Any]] = {"every": {"every": 1}, "cron": {"cron": "* * * * * *"}}
+
+
+async def coordinate(queue: hp.Queue, out: Path, timing: dict[str, Any]) -> None:
+    await queue.schedule("tick", task="tick", **timing)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     out.with_suffix(".ready").write_text("ready")
-    await hp.Coordinator(queue, interval=0.1).run(stop)
+    await hp.Coordinator(queue, interval=0.02).run(stop)
 
 
 async def main() -> None:
     mode, url, name, out = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
     async with hp.Queue(url, name=name) as queue:
-        await (listen if mode == "listen" else coordinate)(queue, out)
+        if mode == "listen":
+            await listen(queue, out)
+        else:
+            await coordinate(queue, out, TIMINGS[mode])
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""Across processes on one SQLite file: events reach another process; a schedule
-declared by two coordinator processes fires once per tick."""
+"""Across processes on one store (a SQLite file, a PostgreSQL schema): events reach
+another process; a schedule declared by two coordinator processes fires once per tick."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -17,11 +19,12 @@ import pytest
 import hydrapool as hp
 
 APP = Path(__file__).with_name("events_app.py")
+BACKENDS = ["sqlite", "postgres"]
 
 
 class Procs:
-    def __init__(self, tmp_path: Path) -> None:
-        self.url = f"sqlite:///{tmp_path / 'shared.db'}"
+    def __init__(self, url: str, tmp_path: Path) -> None:
+        self.url = url
         self.tmp = tmp_path
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -48,9 +51,13 @@ class Procs:
                 proc.wait()
 
 
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    group = Procs(tmp_path)
+@pytest.fixture(params=BACKENDS)
+def procs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Procs]:
+    if request.param == "postgres":
+        url = str(request.getfixturevalue("postgres_url"))  # its schema outlives the processes
+    else:
+        url = f"sqlite:///{tmp_path / 'shared.db'}"
+    group = Procs(url, tmp_path)
     try:
         yield group
     finally:
@@ -82,14 +89,39 @@ async def test_a_subscriber_in_another_process_sees_each_transition(procs: Procs
     assert seen[1]["worker_id"] == worker.id
 
 
+async def ticks_of_two_coordinators(procs: Procs, mode: str, count: int) -> list[float]:
+    """Start two coordinator processes declaring the same schedule, wait until ``count``
+    ticks are stored, stop both; the creation time of every tick job, oldest first."""
+    await procs.start(mode, "one")
+    await procs.start(mode, "two")
+    async with hp.Queue(procs.url, name="x") as queue:
+        async with asyncio.timeout(count + 15):
+            while len(await queue.jobs(limit=count)) < count:
+                await asyncio.sleep(0.1)
+        procs.stop()
+        ticks = await queue.jobs(limit=100)
+    assert {j.task for j in ticks} == {"tick"}
+    return sorted(j.created_at for j in ticks)
+
+
 async def test_two_coordinator_processes_fire_an_every_second_schedule_once_per_tick(
     procs: Procs,
 ) -> None:
-    await procs.start("coordinate", "one")
-    await procs.start("coordinate", "two")
-    await asyncio.sleep(10)  # the window being measured, not a synchronisation
-    procs.stop()
-    async with hp.Queue(procs.url, name="x") as queue:
-        ticks = await queue.jobs(limit=100)
-    assert all(j.task == "tick" for j in ticks)
-    assert 8 <= len(ticks) <= 12, f"{len(ticks)} ticks in 10 s from two coordinators"
+    times = await ticks_of_two_coordinators(procs, "every", 6)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    # Each tick is due a second after the previous one fired; a tick fired twice
+    # would leave two jobs about one coordinator pass (0.02 s) apart.
+    assert min(gaps) > 0.5, f"a tick fired twice: gaps {gaps}"
+    assert sum(gaps) / len(gaps) < 1.5, f"ticks were missed: gaps {gaps}"
+
+
+async def test_two_coordinator_processes_fire_a_cron_schedule_once_per_second(
+    procs: Procs,
+) -> None:
+    times = await ticks_of_two_coordinators(procs, "cron", 6)
+    # A tick fires within a coordinator pass of its whole second, and the next is
+    # due at the first whole second after that: one job per second, none skipped.
+    seconds = [math.floor(t) for t in times]
+    assert len(set(seconds)) == len(seconds), f"a tick fired twice: {times}"
+    skipped = seconds[-1] - seconds[0] + 1 - len(seconds)
+    assert skipped <= 1, f"{skipped} ticks were skipped: {times}"

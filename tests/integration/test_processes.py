@@ -1,4 +1,5 @@
-"""Real worker processes on one SQLite file: limits across processes, SIGKILL, nothing lost."""
+"""Real worker processes on one store (a SQLite file, a PostgreSQL schema): limits across
+processes, SIGKILL, nothing lost."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 import hydrapool as hp
 
 APP = Path(__file__).with_name("app.py")
+BACKENDS = ["sqlite", "postgres"]
 
 
 class Workers:
@@ -54,11 +56,15 @@ class Workers:
                 proc.wait()
 
 
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
+@pytest.fixture(params=BACKENDS)
+def workers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Workers]:
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
-    group = Workers(f"sqlite:///{tmp_path / 'shared.db'}", "it", log_dir)
+    if request.param == "postgres":
+        url = str(request.getfixturevalue("postgres_url"))  # its schema outlives the workers
+    else:
+        url = f"sqlite:///{tmp_path / 'shared.db'}"
+    group = Workers(url, "it", log_dir)
     try:
         yield group
     finally:

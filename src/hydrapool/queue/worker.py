@@ -121,6 +121,7 @@ class Worker:
         self._running: dict[str, tuple[Claim, asyncio.Task[None]]] = {}
         self._reasons: dict[asyncio.Task[None], str] = {}  # why we cancelled a run
         self._finishes: list[tuple[Finish, JobRecord]] = []
+        self._unstored: dict[str, str] = {}  # reported, not yet stored: job id -> lease
         self._flushing: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -316,6 +317,7 @@ class Worker:
     def _report(self, job: JobRecord, finish: Finish) -> None:
         """Queue an outcome for storing (counted once the backend accepted it, see _flush)."""
         self._finishes.append((finish, job))
+        self._unstored[finish.job_id] = finish.lease
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush())
 
@@ -323,7 +325,12 @@ class Worker:
         while self._finishes:
             pairs, self._finishes = self._finishes, []
             batch = [finish for finish, _ in pairs]
-            stored = await self._record(batch, [job for _, job in pairs])
+            try:
+                stored = await self._record(batch, [job for _, job in pairs])
+            finally:
+                for finish in batch:
+                    if self._unstored.get(finish.job_id) == finish.lease:
+                        del self._unstored[finish.job_id]
             applied = stored.applied
             self.queue._published(stored.events)
             for finish, ok in zip(batch, applied, strict=True):
@@ -353,6 +360,10 @@ class Worker:
         while True:
             await asyncio.sleep(self.lease / 3)
             leases = {job_id: claim.lease for job_id, (claim, _) in self._running.items()}
+            # Outcomes still being stored keep their lease too: a slow or failing
+            # store must not let the coordinator rescue (and re-run) a finished job.
+            unstored = {k: v for k, v in self._unstored.items() if k not in leases}
+            leases.update(unstored)
             if not leases:
                 continue
             try:
@@ -361,6 +372,8 @@ class Worker:
                 logger.exception("heartbeat failed; retrying at the next beat")
                 continue
             for job_id in leases:
+                if job_id in unstored:
+                    continue
                 if job_id not in beat.kept:
                     self._abandon(job_id, _LEASE_LOST)
                 elif job_id in beat.cancel_requested:
