@@ -33,6 +33,9 @@ class Db(Protocol):
     async def rows(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
         """Run a statement and return its rows."""
 
+    async def in_transaction(self) -> bool:
+        """Whether a transaction is open (statements will not commit one by one)."""
+
 
 class _Done:
     def __init__(self, rows: list[Row]) -> None:
@@ -51,33 +54,53 @@ class _Cursor:
         return rows
 
 
+def _open(conn: Any) -> bool:
+    from psycopg.pq import TransactionStatus
+
+    return bool(not conn.autocommit or conn.info.transaction_status != TransactionStatus.IDLE)
+
+
 class AsyncPsycopg:
-    """A psycopg ``AsyncConnection`` (pipelined when in pipeline mode)."""
+    """A psycopg ``AsyncConnection`` (pipelined when in pipeline mode). Rows are read
+    as tuples whatever the connection's own row factory."""
 
     def __init__(self, conn: Any) -> None:
+        from psycopg.rows import tuple_row
+
         self.conn = conn
+        self.cursor = conn.cursor(row_factory=tuple_row)
 
     async def submit(self, sql: str, params: Mapping[str, Any]) -> Pending:
-        return _Cursor(await self.conn.execute(sql, params))
+        cursor = self.conn.cursor(row_factory=self.cursor.row_factory)
+        return _Cursor(await cursor.execute(sql, params))
 
     async def rows(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
-        cursor = await self.conn.execute(sql, params)
-        rows: list[Row] = await cursor.fetchall()
+        cursor = await self.cursor.execute(sql, params)
+        rows: list[Row] = await cursor.fetchall()  # (in pipeline mode, a sync)
         return rows
+
+    async def in_transaction(self) -> bool:
+        return _open(self.conn)
 
 
 class SyncPsycopg:
     """A psycopg (sync) ``Connection``: each call blocks for its round trip."""
 
     def __init__(self, conn: Any) -> None:
+        from psycopg.rows import tuple_row
+
         self.conn = conn
+        self.row_factory = tuple_row
 
     async def submit(self, sql: str, params: Mapping[str, Any]) -> Pending:
         return _Done(await self.rows(sql, params))
 
     async def rows(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
-        cursor = self.conn.execute(sql, params)
+        cursor = self.conn.cursor(row_factory=self.row_factory).execute(sql, params)
         return list(cursor.fetchall()) if cursor.description is not None else []
+
+    async def in_transaction(self) -> bool:
+        return _open(self.conn)
 
 
 class Asyncpg:
@@ -111,6 +134,9 @@ class Asyncpg:
         text, names = self.convert(sql)
         rows: list[Row] = await self.conn.fetch(text, *(params[n] for n in names))
         return rows
+
+    async def in_transaction(self) -> bool:
+        return bool(self.conn.is_in_transaction())
 
 
 def adapt(conn: Any) -> Db:

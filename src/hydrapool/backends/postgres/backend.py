@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -56,9 +57,10 @@ from hydrapool.backends.base import (
     stamp,
 )
 from hydrapool.backends.postgres._db import AsyncPsycopg, Db, Pending, Row, adapt
+from hydrapool.exceptions import HydrapoolError
 from hydrapool.queue.events import Event, EventType
 
-__all__ = ["PostgresBackend", "installation_sql", "schema_of"]
+__all__ = ["PostgresBackend", "SchemaError", "installation_sql", "schema_of"]
 
 logger = logging.getLogger("hydrapool.postgres")
 
@@ -67,6 +69,11 @@ DEFAULT_SCHEMA = "hydrapool"
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,49}")
 _TERMINAL = ("succeeded", "failed", "cancelled", "dropped")
 _COLS = [f for f in JobRecord.__dataclass_fields__ if f != "deduplicated"]
+_MISSING: tuple[type[Exception], ...] = (
+    psycopg.errors.InvalidSchemaName,
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedFunction,
+)
 _RAW = load_queries(__package__ or "hydrapool.backends.postgres")
 _MIGRATIONS = (__package__ or "hydrapool.backends.postgres") + ".migrations"
 
@@ -131,6 +138,20 @@ def _key(*parts: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+async def _skew(conn: Any, clock_sql: str) -> float:
+    """The server's clock minus this host's (best of three round trips)."""
+    best: tuple[float, float] | None = None
+    for _ in range(3):
+        before = time.time()
+        cursor = await conn.execute(clock_sql)
+        server = float((await cursor.fetchone())[0])
+        after = time.time()
+        if best is None or after - before < best[0]:
+            best = (after - before, server - (before + after) / 2)
+    assert best is not None
+    return best[1]
+
+
 def _record(row: Row) -> JobRecord:
     return JobRecord(*row)
 
@@ -158,6 +179,10 @@ class _Seen:
     sizes: dict[str, int] = field(default_factory=dict)  # capped channel -> jobs waiting
     twins: dict[tuple[str, str], JobRecord] = field(default_factory=dict)
     states: dict[str, tuple[str, float | None] | None] = field(default_factory=dict)
+
+
+class SchemaError(HydrapoolError, RuntimeError):
+    """The schema is missing or behind, and this queue may not migrate it."""
 
 
 class _Redo(Exception):
@@ -195,6 +220,7 @@ class PostgresBackend:
         self._work: dict[str, asyncio.Event] = {}
         self._event_seen: dict[str, int] = {}  # queue -> newest seq announced
         self._event_wakers: dict[str, asyncio.Event] = {}
+        self._skew = 0.0  # the server's clock minus this host's, measured on open
 
     # ── connections ────────────────────────────────────────────────────────
     async def open(self) -> None:
@@ -211,6 +237,7 @@ class PostgresBackend:
                     await self._migrate(conn)
                 else:
                     await self._check_schema(conn)
+                self._skew = await _skew(conn, self.q["clock"])
             pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
                 self.conninfo,
                 min_size=self.min_connections,
@@ -299,7 +326,7 @@ class PostgresBackend:
             done = {row[0] for row in await cursor.fetchall()}
         missing = [name for version, name, _ in migrations(_MIGRATIONS) if version not in done]
         if missing:
-            raise RuntimeError(
+            raise SchemaError(
                 f"PostgreSQL schema {self.schema!r} lacks migrations {', '.join(missing)}: run "
                 "`hydrapool migrate`, apply installation_sql(), or open the queue with "
                 "migrate=True"
@@ -410,7 +437,9 @@ class PostgresBackend:
 
     async def event_since(self, queue: str, time: float) -> int:
         """The newest event's number stored before ``time`` (0 if none)."""
-        return int((await self._rows("event_since", {"queue": queue, "time": time}))[0][0])
+        # ``time`` is this host's clock; events are dated by the server's.
+        params = {"queue": queue, "time": time + self._skew}
+        return int((await self._rows("event_since", params))[0][0])
 
     async def event_wait(self, queue: str, after: int, timeout: float) -> None:
         """Return when an event after ``after`` was announced or stored, or at ``timeout``."""
@@ -515,8 +544,19 @@ class PostgresBackend:
         """
         db = adapt(conn)
         await self._ready()
+        if not await db.in_transaction():
+            raise ValueError(
+                "the connection has no open transaction: each statement would commit at "
+                "once; enqueue inside `async with conn.transaction():` (or with autocommit off)"
+            )
         try:
             records = await self._insert_in(db, queue, jobs)
+        except _MISSING as exc:
+            raise ValueError(
+                f"this connection's database has no hydrapool schema {self.schema!r} "
+                f"({exc.__class__.__name__}): connect to the queue's own database; roll "
+                "the transaction back"
+            ) from None
         except _Redo:
             raise RuntimeError(
                 "a concurrent transaction stored the same dedup key first: roll back and "
@@ -659,8 +699,11 @@ class PostgresBackend:
             ended = [(r[0], r[1]) for r in rows if r[1] in _TERMINAL and r[2]]
             changes = await self._resolve(db, queue, ended, float(rows[0][3])) if ended else []
             result = FinishResult([applied.get(f.job_id) for f in finishes], changes)
-            if rows:
-                await self._notify_work(db, queue)  # places freed, children released
+            if any(r[1] in ("queued", "retrying") for r in rows) or changes:
+                await self._notify_work(db, queue)  # jobs back, or children released
+            elif rows:
+                note = {"channel": self.work_channel, "queue": queue}
+                await db.submit(self.q["work_notify_if_limited"], note)
             return result, await self._events(db, queue, emit, result)
 
         return await self._step(finish)

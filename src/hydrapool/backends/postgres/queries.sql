@@ -95,6 +95,15 @@ ON CONFLICT DO NOTHING;
 -- name: work_notify
 SELECT pg_notify(%(channel)s, %(queue)s);
 
+-- name: work_notify_if_limited
+-- After a finish that put no job back: only a worker held back by a limit can
+-- use the place it freed (the finishing worker sees its own free slot).
+SELECT pg_notify(%(channel)s, %(queue)s)
+WHERE EXISTS (SELECT 1 FROM {schema}.queues
+              WHERE queue = %(queue)s AND max_concurrency IS NOT NULL)
+   OR EXISTS (SELECT 1 FROM {schema}.channels
+              WHERE queue = %(queue)s AND max_concurrency IS NOT NULL);
+
 -- ── claims ───────────────────────────────────────────────────────────────
 
 -- name: job_claim

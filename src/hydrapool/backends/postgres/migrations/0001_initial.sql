@@ -132,7 +132,8 @@ LANGUAGE sql VOLATILE AS $$ SELECT extract(epoch FROM clock_timestamp())::float8
 -- Events of caller transactions wait here, unnumbered: numbering them in the
 -- caller's transaction would hold the queue's numbering lock until the caller
 -- commits. The next event_store of the queue (a claim, a finish, or the
--- coordinator's pass within a second) numbers them first.
+-- coordinator's pass within a second) numbers them first and dates them then,
+-- so times keep rising with seqs (streams start by time, trims cut by time).
 CREATE TABLE {schema}.events_pending (
     id      bigint           GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     queue   text             NOT NULL,
@@ -171,7 +172,7 @@ BEGIN
     INSERT INTO {schema}.events
         (queue, seq, type, job_id, channel, task, attempt, at, worker, error, detail)
     SELECT p_queue, v_last + row_number() OVER (ORDER BY p.id), p.type, p.job_id, p.channel,
-           p.task, p.attempt, p.at, p.worker, p.error, p.detail
+           p.task, p.attempt, v_now, p.worker, p.error, p.detail
     FROM p;
     GET DIAGNOSTICS v_moved = ROW_COUNT;
     v_last := v_last + v_moved;
