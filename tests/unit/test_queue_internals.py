@@ -42,6 +42,15 @@ def test_every_named_query_is_used_and_every_used_name_exists() -> None:
     assert used == set(queries), f"unused: {set(queries) - used}; missing: {used - set(queries)}"
 
 
+def test_every_postgres_query_is_used_and_every_used_name_exists() -> None:
+    queries = load_queries("hydrapool.backends.postgres")
+    code = (SRC / "backends" / "postgres" / "backend.py").read_text()
+    used = set(re.findall(r'q\["([a-z_]+)"\]', code))
+    used |= set(re.findall(r'_rows\(\s*"([a-z_]+)"', code))
+    used |= set(re.findall(r'_write\(\s*"([a-z_]+)"', code))
+    assert used == set(queries), f"unused: {set(queries) - used}; missing: {used - set(queries)}"
+
+
 def test_no_query_text_in_python_files() -> None:
     pattern = re.compile(r"\b(SELECT|INSERT INTO|UPDATE \w+ SET|DELETE FROM)\b")
     offenders = [
@@ -96,7 +105,8 @@ def test_fresh_schema_equals_step_by_step_schema(tmp_path: Path) -> None:
     [
         ("sqlite://host/x.db", "no host"),
         ("sqlite:///", "names no file"),
-        ("postgresql://localhost/db", "not available yet"),
+        ("redis://localhost/0", "not available yet"),
+        ("postgresql://localhost/db?schema=Bad-Name", "schema 'Bad-Name' is not allowed"),
         ("mysql://x", "unknown queue URL scheme 'mysql'"),
     ],
 )

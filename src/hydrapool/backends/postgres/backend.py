@@ -126,8 +126,7 @@ def installation_sql(schema: str = DEFAULT_SCHEMA) -> list[str]:
     for version, name, text in migrations(_MIGRATIONS):
         out.append(text.replace("{schema}", f'"{schema}"').strip())
         out.append(
-            f'INSERT INTO "{schema}".migrations (version, name, applied_at) VALUES '
-            f"({version}, '{name}', extract(epoch FROM clock_timestamp())::float8)"
+            q["migration_installed"].replace("{version}", str(version)).replace("{name}", name)
         )
     return out
 
@@ -301,9 +300,7 @@ class PostgresBackend:
         applied = []
         async with conn.transaction():
             await conn.execute(self.q["migrate_lock"], {"key": _key("migrate", self.schema)})
-            cursor = await conn.execute(
-                "SELECT to_regnamespace(%(s)s) IS NOT NULL", {"s": f'"{self.schema}"'}
-            )
+            cursor = await conn.execute(self.q["schema_exists"], {"schema": f'"{self.schema}"'})
             if not (await cursor.fetchone())[0]:
                 await conn.execute(self.q["schema_create"])
             await conn.execute(self.q["migrations_create"])

@@ -13,6 +13,14 @@ CREATE TABLE IF NOT EXISTS {schema}.migrations (
 -- name: migrations_exists
 SELECT to_regclass(%(table)s) IS NOT NULL;
 
+-- name: schema_exists
+SELECT to_regnamespace(%(schema)s) IS NOT NULL;
+
+-- name: migration_installed
+-- For installation_sql(): the same record with literal values (ours, not a user's).
+INSERT INTO {schema}.migrations (version, name, applied_at)
+VALUES ({version}, '{name}', extract(epoch FROM clock_timestamp())::float8);
+
 -- name: migrations_applied
 SELECT version FROM {schema}.migrations ORDER BY version;
 
