@@ -500,6 +500,7 @@ class Queue:
         fits in one call: ``depends_on=[0, 2]`` names earlier items by index.
         """
         new_jobs: list[NewJob] = []
+        defaults: dict[Any, TaskCall[Any, Any]] = {}  # a task's default options, made once
         for item in calls:
             if not isinstance(item, tuple) or not 2 <= len(item) <= 3:
                 raise TypeError(
@@ -507,7 +508,13 @@ class Queue:
                 )
             target, args = item[0], tuple(item[1])
             kwargs = item[2] if len(item) == 3 else {}
-            call = target if isinstance(target, TaskCall) else self._task_of(target).options()
+            if isinstance(target, TaskCall):
+                call = target
+            elif isinstance(target, (str, Task)) and target in defaults:
+                call = defaults[target]
+            else:
+                call = self._task_of(target).options()
+                defaults[target] = call
             new_jobs.append(call._new_job(args, kwargs, new_jobs))
         return await self._insert(new_jobs)
 

@@ -387,7 +387,8 @@ class Worker:
 
 
 def _text(exc: BaseException) -> str:
-    """The error as stored: always valid UTF-8 (a file name may carry lone surrogates)."""
+    """The error as stored: always valid UTF-8 (a file name may carry lone surrogates),
+    with no NUL character (SQLite cuts text there; PostgreSQL refuses it)."""
     message = str(exc)
     text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")

@@ -10,6 +10,7 @@ once.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol
@@ -96,6 +97,11 @@ class SyncPsycopg:
         return _Done(await self.rows(sql, params))
 
     async def rows(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
+        # In a thread: waiting for a row lock must not block the event loop, which may
+        # be running the very step (of this process) that holds the lock.
+        return await asyncio.to_thread(self._rows, sql, params)
+
+    def _rows(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
         cursor = self.conn.cursor(row_factory=self.row_factory).execute(sql, params)
         return list(cursor.fetchall()) if cursor.description is not None else []
 

@@ -1,13 +1,15 @@
 """postgresql:// — many processes on many machines, one PostgreSQL.
 
-psycopg 3, async, with a connection pool. Each step is one transaction sent
-in pipeline mode: a claim or a finish costs two round trips (the step, then
-its events with the commit), however many jobs it covers.
+psycopg 3, async, with a connection pool. Each step is one transaction: a
+claim and the common enqueue are one call to a function of the schema (one
+round trip, commit included); other steps are sent in pipeline mode and cost
+two (the step, then its events with the commit), however many jobs they cover.
 
 - Limits hold under any number of claimers: claims of one queue take turns
   on a transaction-scoped advisory lock and count running jobs in a snapshot
   taken after it, then pick and lock jobs with ``FOR UPDATE SKIP LOCKED``.
-- Wake-ups are pushed: enqueues, releases and finishes ``NOTIFY`` at commit
+- Wake-ups are pushed: enqueues, releases, finishes that put a job back or
+  may free a place under a limit ``NOTIFY`` at commit
   and one listening connection per backend wakes idle workers and event
   streams at once. While that connection is down, waits fall back to polling
   every ``poll_interval`` seconds and it reconnects with back-off.
@@ -29,6 +31,7 @@ import logging
 import re
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -215,7 +218,10 @@ class PostgresBackend:
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._notified: dict[str, int] = {}  # queue -> work notifications received
-        self._claim_mark: dict[str, int] = {}  # queue -> _notified at the last claim's start
+        # Per calling task (a worker's loop) and queue: _notified when its last claim began.
+        self._claim_mark: weakref.WeakKeyDictionary[asyncio.Task[Any], dict[str, int]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._work: dict[str, asyncio.Event] = {}
         self._event_seen: dict[str, int] = {}  # queue -> newest seq announced
         self._event_wakers: dict[str, asyncio.Event] = {}
@@ -242,18 +248,32 @@ class PostgresBackend:
                 min_size=self.min_connections,
                 max_size=self.max_connections,
                 kwargs={"autocommit": True},
+                configure=self._configure,
                 open=False,
                 name=f"hydrapool-{self.schema}",
             )
-            await pool.open(wait=True, timeout=30)
+            try:
+                await pool.open(wait=True, timeout=30)
+            except BaseException:
+                await pool.close()
+                raise
             self._pool = pool
             self._listener = asyncio.create_task(self._listen(), name="hydrapool-listen")
             with contextlib.suppress(TimeoutError):  # else: poll until it connects
                 await asyncio.wait_for(self._listening.wait(), 10)
             self._opened = True
 
+    async def _configure(self, conn: Any) -> None:
+        """Each pooled connection: a step stalled mid-transaction (a frozen client) is
+        ended by the server, so it cannot hold the queue's locks for ever."""
+        await conn.execute(self.q["session_guard"])
+
     async def close(self) -> None:
         """Stop listening and close the pool."""
+        async with self._opening:  # not in the middle of an open
+            await self._close()
+
+    async def _close(self) -> None:
         if not self._opened:
             return
         self._opened = False
@@ -393,10 +413,17 @@ class PostgresBackend:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(waker.wait(), timeout)
 
+    def _marks(self) -> dict[str, int]:
+        task = asyncio.current_task()
+        if task is None:
+            return {}
+        return self._claim_mark.setdefault(task, {})
+
     async def work_wait(self, queue: str, timeout: float) -> None:
         """Return on a NOTIFY for ``queue`` since the last claim began, or after ``timeout``."""
-        if self._notified.get(queue, 0) != self._claim_mark.get(queue, 0):
-            self._claim_mark[queue] = self._notified.get(queue, 0)
+        marks = self._marks()
+        if self._notified.get(queue, 0) != marks.get(queue, 0):
+            marks[queue] = self._notified.get(queue, 0)
             return
         waker = self._work.setdefault(queue, asyncio.Event())
         await self._sleep_on(waker, timeout)
@@ -469,8 +496,9 @@ class PostgresBackend:
         async def insert(db: Db) -> tuple[list[JobRecord], _Later | None]:
             records = await self._insert_in(db, queue, jobs)
             later = await self._events(db, queue, emit, records)
-            if any(r.state == "queued" for r in records):
-                await self._notify_work(db, queue)
+            # Also when nothing is queued: parents locked by this step were skipped
+            # by claims meanwhile.
+            await self._notify_work(db, queue)
             return records, later
 
         for _ in range(5):
@@ -521,10 +549,12 @@ class PostgresBackend:
         now, first, at = row
         if emit is not None and events:
             emit.stored = stamp(events, int(first), float(at))
-        return [
-            replace(r, created_at=now, run_at=now + j.delay)
-            for r, j in zip(records, jobs, strict=True)
-        ]
+        for record, job in zip(records, jobs, strict=True):
+            # Fresh records nobody has seen yet: set the server's times in place
+            # (dataclasses.replace would cost a third of a bulk enqueue).
+            object.__setattr__(record, "created_at", now)
+            object.__setattr__(record, "run_at", now + job.delay)
+        return records
 
     async def job_insert_in_transaction(
         self,
@@ -546,18 +576,20 @@ class PostgresBackend:
                 "the connection has no open transaction: each statement would commit at "
                 "once; enqueue inside `async with conn.transaction():` (or with autocommit off)"
             )
+        await db.submit(self.q["savepoint"], {})
         try:
             records = await self._insert_in(db, queue, jobs)
+        except _Redo:
+            await db.submit(self.q["savepoint_rollback"], {})  # the batch leaves nothing
+            raise RuntimeError(
+                "a concurrent transaction stored the same dedup key first: roll back and "
+                "enqueue again"
+            ) from None
         except _MISSING as exc:
             raise ValueError(
                 f"this connection's database has no hydrapool schema {self.schema!r} "
                 f"({exc.__class__.__name__}): connect to the queue's own database; roll "
                 "the transaction back"
-            ) from None
-        except _Redo:
-            raise RuntimeError(
-                "a concurrent transaction stored the same dedup key first: roll back and "
-                "enqueue again"
             ) from None
         if emit is not None and (events := emit.make(records)):
             # Left unnumbered (see events_pending in the schema): numbering them here
@@ -571,8 +603,11 @@ class PostgresBackend:
         """Insert inside an open transaction: two round trips (three with dedup keys)."""
         seen = await self._look(db, queue, jobs)
         out, rows, edges = _plan(queue, jobs, seen)
+        q = {"queue": queue}
+        twins = sorted({p for p, _ in edges} & {t.id for t in seen.twins.values()})
+        if twins:  # deduplicated jobs named as parents later in the batch: mark them too
+            await db.submit(self.q["parents_mark"], {**q, "ids": twins})
         if rows:
-            q = {"queue": queue}
             parents = sorted({p for p, _ in edges})  # in this batch: marked as they go in
             inserted = await db.submit(
                 self.q["job_insert"],
@@ -588,8 +623,8 @@ class PostgresBackend:
         return out
 
     async def _look(self, db: Db, queue: str, jobs: Sequence[NewJob]) -> _Seen:
-        """What an insert must know, in one round trip: the clock, the capped channels
-        (locked), waiting twins of dedup keys and parents (both locked)."""
+        """What an insert must know, in one round trip: the clock, the capped channels,
+        waiting twins of dedup keys and the parents (all three locked)."""
         q = {"queue": queue}
         channels = sorted({j.channel for j in jobs})
         in_batch = {j.id for j in jobs}
@@ -614,6 +649,7 @@ class PostgresBackend:
         for row in await twins_p.fetch() if twins_p is not None else []:
             twin = _record(row)
             seen.twins[(twin.channel, str(twin.dedup_key))] = twin
+            seen.states[twin.id] = (twin.state, None)  # may be named as a parent
         for job_id, state, started_at in await parents_p.fetch() if parents_p else []:
             seen.states[job_id] = (state, started_at)
         return seen
@@ -625,7 +661,7 @@ class PostgresBackend:
         """Claim due jobs within the channel and queue limits: one round trip, its commit
         included (see the claim function in the schema)."""
         queue = params.queue
-        self._claim_mark[queue] = self._notified.get(queue, 0)
+        self._marks()[queue] = self._notified.get(queue, 0)
         token = uuid.uuid4().hex  # one lease token per batch: (job id, token) fences
         pool = await self._ready()
         async with pool.connection() as conn:
@@ -745,6 +781,8 @@ class PostgresBackend:
             changes: list[Change] = []
             if found:
                 changes = await self._resolve(db, queue, [(job_id, "cancelled")], found[0][0])
+                if changes:
+                    await self._notify_work(db, queue)  # children may have been released
             else:
                 await db.submit(self.q["job_cancel_running"], params)
             rows = await db.rows(self.q["job_get"], params)
@@ -977,6 +1015,11 @@ def _jobs(rows: list[tuple[NewJob, JobRecord, int]]) -> str:
     )
 
 
+def _text(value: str | None) -> str | None:
+    """PostgreSQL text holds no NUL character (an error message may): show it escaped."""
+    return value.replace("\x00", "\\x00") if value is not None and "\x00" in value else value
+
+
 def _events_json(events: Sequence[Event]) -> str:
     return _dumps(
         [
@@ -987,8 +1030,8 @@ def _events_json(events: Sequence[Event]) -> str:
                 "task": e.task,
                 "attempt": e.attempt,
                 "worker": e.worker_id,
-                "error": e.error,
-                "detail": e.detail,
+                "error": _text(e.error),
+                "detail": _text(e.detail),
             }
             for e in events
         ]
@@ -1017,7 +1060,7 @@ def _finish_params(queue: str, finishes: Sequence[Finish]) -> dict[str, Any]:
             "kind": kind,
             "state": f.state,
             "result": f.result,
-            "error": f.error,
+            "error": _text(f.error),
             "delay": float(f.delay),
             "expired": f.expired,
         }

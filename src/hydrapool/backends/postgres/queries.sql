@@ -38,6 +38,17 @@ CREATE SCHEMA IF NOT EXISTS {schema};
 -- name: clock
 SELECT {schema}.clock();
 
+-- name: session_guard
+-- Pooled connections: a client that stalls mid-step cannot hold locks for ever.
+SET idle_in_transaction_session_timeout = '60s';
+
+-- name: savepoint
+-- A caller's transaction: an enqueue that must start again leaves nothing.
+SAVEPOINT hydrapool_enqueue;
+
+-- name: savepoint_rollback
+ROLLBACK TO SAVEPOINT hydrapool_enqueue;
+
 -- ── enqueue ──────────────────────────────────────────────────────────────
 
 -- name: capped_lock
@@ -58,10 +69,13 @@ WHERE j.queue = %(queue)s AND j.state IN ('waiting', 'queued', 'retrying')
 GROUP BY j.channel;
 
 -- name: dedup_twins
+-- Locked: a claim skips them until this enqueue commits, so a twin returned
+-- as "not started yet" is still not started when the caller sees it.
 SELECT {cols} FROM {schema}.jobs
 WHERE queue = %(queue)s AND dedup_key IS NOT NULL AND started_at IS NULL
   AND state IN ('waiting', 'queued')
-  AND (channel, dedup_key) IN (SELECT * FROM unnest(%(channels)s::text[], %(keys)s::text[]));
+  AND (channel, dedup_key) IN (SELECT * FROM unnest(%(channels)s::text[], %(keys)s::text[]))
+FOR UPDATE;
 
 -- name: parents_mark
 -- Lock the parents named by new jobs (a claim skips them until this commits,
