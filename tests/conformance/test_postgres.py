@@ -371,7 +371,7 @@ async def test_a_wrong_object_is_a_type_error_naming_what_is_accepted(
     queue: hp.Queue, wrong: str
 ) -> None:
     objects = {"sqlite3": sqlite3.connect(":memory:"), "str": "not a connection", "none": None}
-    accepted = "psycopg Connection or AsyncConnection, or an asyncpg connection"
+    accepted = "psycopg Connection or AsyncConnection, an asyncpg connection, or a SQLAlchemy"
     with pytest.raises(TypeError, match=re.escape(accepted)):
         async with queue.transaction(objects[wrong]):
             await queue.enqueue("t")
@@ -583,3 +583,27 @@ def test_a_good_schema_name_is_taken() -> None:
     queue = hp.Queue(f"postgresql://postgres@127.0.0.1:5432/test?schema=_{'a1' * 24}z")
     assert isinstance(queue.backend, PostgresBackend)
     assert queue.backend.schema == f"_{'a1' * 24}z"
+
+
+@pytest.mark.parametrize("driver", ["postgresql+psycopg", "postgresql+asyncpg"])
+async def test_a_sqlalchemy_async_connection_is_a_caller_transaction(
+    queue: hp.Queue, driver: str
+) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(conninfo_of(queue).replace("postgresql", driver, 1))
+    try:
+        async with engine.connect() as conn:
+            async with conn.begin():
+                async with queue.transaction(conn):
+                    kept = await queue.enqueue("ship", 1)
+                await conn.execute(text("SELECT 1"))
+            trans = await conn.begin()
+            async with queue.transaction(conn):
+                dropped = await queue.enqueue("ship", 2)
+            await trans.rollback()
+    finally:
+        await engine.dispose()
+    assert await queue.get_job(kept.id) is not None
+    assert await queue.get_job(dropped.id) is None

@@ -158,6 +158,7 @@ def adapt(conn: Any) -> Db:
     if module.startswith("asyncpg"):
         return Asyncpg(conn)
     raise TypeError(
-        "a PostgreSQL queue takes a psycopg Connection or AsyncConnection, or an asyncpg "
-        f"connection, for caller transactions; got {conn!r}"
+        "a PostgreSQL queue takes a psycopg Connection or AsyncConnection, an asyncpg "
+        "connection, or a SQLAlchemy AsyncConnection on either, for caller transactions; "
+        f"got {conn!r}"
     )

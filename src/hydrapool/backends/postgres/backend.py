@@ -569,6 +569,8 @@ class PostgresBackend:
         Nothing is committed here: the jobs, their events and their NOTIFY take
         effect when the caller commits; a rollback leaves none.
         """
+        if type(conn).__module__.startswith("sqlalchemy"):
+            conn = await self._driver_of(conn)
         db = adapt(conn)
         await self._ready()
         if not await db.in_transaction():
@@ -598,6 +600,20 @@ class PostgresBackend:
             await db.submit(self.q["event_pend"], params)
         await self._notify_work(db, queue)
         return records
+
+    async def _driver_of(self, conn: Any) -> Any:
+        """The driver connection under a SQLAlchemy ``AsyncConnection``, its transaction begun
+        (SQLAlchemy begins the driver's lazily, at its first statement)."""
+        from sqlalchemy import text
+
+        if not conn.in_transaction():
+            raise ValueError(
+                "the SQLAlchemy connection has no open transaction: enqueue inside "
+                "`async with conn.begin():`"
+            )
+        await conn.execute(text(self.q["noop"]))
+        raw = await conn.get_raw_connection()
+        return raw.driver_connection
 
     async def _insert_in(self, db: Db, queue: str, jobs: Sequence[NewJob]) -> list[JobRecord]:
         """Insert inside an open transaction: two round trips (three with dedup keys)."""

@@ -42,6 +42,10 @@ SELECT {schema}.clock();
 -- Pooled connections: a client that stalls mid-step cannot hold locks for ever.
 SET idle_in_transaction_session_timeout = '60s';
 
+-- name: noop
+-- Through a caller's SQLAlchemy connection: makes it begin its driver's transaction.
+SELECT 1;
+
 -- name: savepoint
 -- A caller's transaction: an enqueue that must start again leaves nothing.
 SAVEPOINT hydrapool_enqueue;
