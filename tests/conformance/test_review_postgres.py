@@ -97,3 +97,31 @@ async def test_a_sync_caller_transaction_does_not_freeze_the_loop(
         conn.close()
     capped = await queue.jobs(channel="capped", limit=1000)
     assert len(capped) == loops + 20
+
+
+async def test_a_handed_back_job_does_not_collide_with_its_dedup_twin(queue: hp.Queue) -> None:
+    """Found in review: J1 (key k) runs, J2 (key k) is enqueued meanwhile, J1 is handed back;
+    the hand-back must not break the one-waiting-job-per-key rule (nor fail its batch)."""
+    from hydrapool.backends.base import ClaimParams, Finish
+
+    backend: Any = queue.backend
+    first = await queue.options("t", dedup_key="k").enqueue()
+    claims = await backend.job_claim(ClaimParams(queue.name, "w", 1, 30.0))
+    assert [c.job.id for c in claims] == [first.id]
+    second = await queue.options("t", dedup_key="k").enqueue()
+    assert not second.deduplicated, "the first had started: the key was free"
+    other = await queue.options("t", channel="x").enqueue()
+    more = await backend.job_claim(ClaimParams(queue.name, "w", 1, 30.0, channels=("x",)))
+    assert [c.job.id for c in more] == [other.id]
+    result = await backend.job_finish_many(
+        queue.name,
+        [
+            Finish(first.id, claims[0].lease, "queued"),
+            Finish(more[0].job.id, more[0].lease, "succeeded", result="null"),
+        ],
+    )
+    assert result.states == ["queued", "succeeded"]
+    third = await queue.options("t", dedup_key="k").enqueue()
+    assert third.deduplicated
+    assert third.id == second.id, "the job that never started is the key's waiting job"
+    assert {j.id for j in await queue.jobs(state="queued")} == {first.id, second.id}

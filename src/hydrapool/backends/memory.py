@@ -341,6 +341,14 @@ class MemoryBackend:
             changes.update(run_at=now + finish.delay, error=finish.error)
         elif finish.state == "queued":  # handed back: the attempt is refunded
             changes.update(attempts=job.attempts - 1, run_at=now, started_at=None)
+            if job.dedup_key is not None and any(  # a twin took the key while it ran
+                t.dedup_key == job.dedup_key
+                and t.channel == job.channel
+                and t.started_at is None
+                and t.state in ("waiting", "queued")
+                for t in data.jobs.values()
+            ):
+                changes["dedup_key"] = None
         data.jobs[job.id] = replace(job, lease_expires_at=None, **changes)  # type: ignore[arg-type]
         if state in TERMINAL_STATES:
             followed += self._resolve(data, [(job.id, state)], now)

@@ -170,6 +170,14 @@ SET state = CASE
                         WHEN 'retry' THEN f.error ELSE j.error END,
     attempts = CASE WHEN f.kind = 'hand_back' THEN j.attempts - 1 ELSE j.attempts END,
     started_at = CASE WHEN f.kind = 'hand_back' THEN NULL ELSE j.started_at END,
+    -- A job handed back waits again under its dedup key, unless a twin took the key
+    -- while it ran.
+    dedup_key = CASE WHEN f.kind = 'hand_back' AND j.dedup_key IS NOT NULL AND EXISTS (
+                         SELECT 1 FROM {schema}.jobs AS t
+                         WHERE t.queue = j.queue AND t.channel = j.channel
+                           AND t.dedup_key = j.dedup_key AND t.started_at IS NULL
+                           AND t.state IN ('waiting', 'queued'))
+                     THEN NULL ELSE j.dedup_key END,
     lease = NULL, lease_expires_at = NULL  -- worker stays: who ran the last attempt
 FROM t, json_to_recordset(%(batch)s::json)
         AS f(id text, lease text, kind text, state text, result text, error text,

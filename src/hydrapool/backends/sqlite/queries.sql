@@ -164,6 +164,12 @@ UPDATE hydrapool_jobs
 SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
     finished_at = CASE WHEN cancel_requested THEN :now ELSE finished_at END,
     run_at = :now, attempts = attempts - 1, started_at = NULL,
+    -- It waits again under its dedup key, unless a twin took the key while it ran.
+    dedup_key = CASE WHEN EXISTS (
+        SELECT 1 FROM hydrapool_jobs AS t
+        WHERE t.queue = hydrapool_jobs.queue AND t.channel = hydrapool_jobs.channel
+          AND t.dedup_key = hydrapool_jobs.dedup_key AND t.started_at IS NULL
+          AND t.state IN ('waiting', 'queued')) THEN NULL ELSE dedup_key END,
     lease = NULL, lease_expires_at = NULL
 FROM json_each(:batch) AS f
 WHERE hydrapool_jobs.id = json_extract(f.value, '$.id')
