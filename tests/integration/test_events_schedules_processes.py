@@ -8,10 +8,9 @@ import itertools
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -22,8 +21,12 @@ APP = Path(__file__).with_name("events_app.py")
 BACKENDS = ["sqlite", "postgres"]
 
 
+Stop = Callable[[Sequence[subprocess.Popen[bytes]]], None]  # the stop_processes fixture
+
+
 class Procs:
-    def __init__(self, url: str, tmp_path: Path) -> None:
+    def __init__(self, url: str, tmp_path: Path, stop: Stop) -> None:
+        self._stop = stop
         self.url = url
         self.tmp = tmp_path
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -40,24 +43,16 @@ class Procs:
         return path
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self._stop(self.procs)
 
 
 @pytest.fixture(params=BACKENDS)
-def procs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Procs]:
+def procs(request: pytest.FixtureRequest, tmp_path: Path, stop_processes: Stop) -> Iterator[Procs]:
     if request.param == "postgres":
         url = str(request.getfixturevalue("postgres_url"))  # its schema outlives the processes
     else:
         url = f"sqlite:///{tmp_path / 'shared.db'}"
-    group = Procs(url, tmp_path)
+    group = Procs(url, tmp_path, stop_processes)
     try:
         yield group
     finally:

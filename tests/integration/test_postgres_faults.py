@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -36,10 +35,14 @@ LISTENING = (
 )
 
 
+Stop = Callable[[Sequence[subprocess.Popen[bytes]]], None]  # the stop_processes fixture
+
+
 class Workers:
     """app.py worker processes whose connections carry ``app``; stopped at the end."""
 
-    def __init__(self, queue_url: str, log_dir: Path) -> None:
+    def __init__(self, queue_url: str, log_dir: Path, stop: Stop) -> None:
+        self._stop = stop
         self.queue_url = queue_url  # the test's own connections: never terminated
         self.server = urlsplit(queue_url)._replace(query="").geturl()
         schema = parse_qs(urlsplit(queue_url).query)["schema"][0]
@@ -79,20 +82,12 @@ class Workers:
         return "".join(p.read_text() for p in sorted(self.log_dir.glob("stderr-*.txt")))
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self._stop(self.procs)
 
 
 @pytest.fixture
-def workers(postgres_url: str, tmp_path: Path) -> Iterator[Workers]:
-    group = Workers(postgres_url, tmp_path)
+def workers(postgres_url: str, tmp_path: Path, stop_processes: Stop) -> Iterator[Workers]:
+    group = Workers(postgres_url, tmp_path, stop_processes)
     try:
         yield group
     finally:

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -19,10 +19,14 @@ APP = Path(__file__).with_name("app.py")
 BACKENDS = ["sqlite", "postgres"]
 
 
+Stop = Callable[[Sequence[subprocess.Popen[bytes]]], None]  # the stop_processes fixture
+
+
 class Workers:
     """Worker processes started from app.py; all are killed at the end of the test."""
 
-    def __init__(self, url: str, name: str, log_dir: Path) -> None:
+    def __init__(self, url: str, name: str, log_dir: Path, stop: Stop) -> None:
+        self._stop = stop
         self.url, self.name, self.log_dir = url, name, log_dir
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -45,26 +49,20 @@ class Workers:
         raise AssertionError("worker process did not start")
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self._stop(self.procs)
 
 
 @pytest.fixture(params=BACKENDS)
-def workers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Workers]:
+def workers(
+    request: pytest.FixtureRequest, tmp_path: Path, stop_processes: Stop
+) -> Iterator[Workers]:
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
     if request.param == "postgres":
         url = str(request.getfixturevalue("postgres_url"))  # its schema outlives the workers
     else:
         url = f"sqlite:///{tmp_path / 'shared.db'}"
-    group = Workers(url, "it", log_dir)
+    group = Workers(url, "it", log_dir, stop_processes)
     try:
         yield group
     finally:

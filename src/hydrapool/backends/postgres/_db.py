@@ -69,14 +69,14 @@ class AsyncPsycopg:
         from psycopg.rows import tuple_row
 
         self.conn = conn
-        self.cursor = conn.cursor(row_factory=tuple_row)
+        self.row_factory = tuple_row
 
     async def submit(self, sql: str, params: Mapping[str, Any]) -> Pending:
-        cursor = self.conn.cursor(row_factory=self.cursor.row_factory)
+        cursor = self.conn.cursor(row_factory=self.row_factory)
         return _Cursor(await cursor.execute(sql, params))
 
     async def rows(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
-        cursor = await self.cursor.execute(sql, params)
+        cursor = await self.conn.cursor(row_factory=self.row_factory).execute(sql, params)
         rows: list[Row] = await cursor.fetchall()  # (in pipeline mode, a sync)
         return rows
 
