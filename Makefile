@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run demo-pool test check lint format typecheck bench bench-postgres clean
+.PHONY: help run demo-pool test check lint format typecheck bench bench-postgres bench-redis clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ bench: $(STAMP) ## run the benchmarks (each prints JSON)
 
 bench-postgres: $(STAMP) ## the PostgreSQL queue against pgqueuer, procrastinate, saq (same run)
 	bash bench/postgres_vs_peers.sh
+
+bench-redis: $(STAMP) ## the Redis queue against saq, arq, dramatiq (same run)
+	bash bench/redis_vs_peers.sh
 
 clean: ## remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

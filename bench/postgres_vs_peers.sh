@@ -10,13 +10,13 @@ set -u
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 PEERS=${PEERS:-$HERE/../shared/bench-peers}
 OUT_DIR=${OUT_DIR:-/tmp/hydrapool-pg-bench}
-PY=${PY:-$HERE/.venv/bin/python}
+OURS_PY=${OURS_PY:-$HERE/.venv/bin/python}  # not PY: the peers' harness reads PY
 mkdir -p "$OUT_DIR"
 cd "$HERE"
 date -u +%FT%TZ >"$OUT_DIR/start"
-"$PY" bench/queue.py --backend postgres --runs 3 >"$OUT_DIR/ours1.json"
+"$OURS_PY" bench/queue.py --backend postgres --runs 3 >"$OUT_DIR/ours1.json"
 OUT="$OUT_DIR/peers.jsonl" TABLE="$OUT_DIR/peers_table.md" RUNS=3 \
   ONLY="pgqueuer pgqueuer-batch25 procrastinate saq-postgres" bash "$PEERS/run_all.sh"
-"$PY" bench/queue.py --backend postgres --runs 3 >"$OUT_DIR/ours2.json"
+"$OURS_PY" bench/queue.py --backend postgres --runs 3 >"$OUT_DIR/ours2.json"
 date -u +%FT%TZ >"$OUT_DIR/end"
 echo "results in $OUT_DIR" >&2

@@ -1,4 +1,4 @@
-"""Benchmark: the durable queue on SQLite (the embedded default) or PostgreSQL.
+"""Benchmark: the durable queue on SQLite (the embedded default), PostgreSQL or Redis.
 
 Prints one JSON object with, like ../shared/bench-peers (whose table gives
 the peers' figures on this machine class):
@@ -13,10 +13,12 @@ the peers' figures on this machine class):
 - sleep: 2,000 jobs of ``asyncio.sleep(0.05)``, one worker process at
   concurrency 100; sleep_wall_s = last end - first start (ideal 1.0 s).
 
-    python bench/queue.py [--backend sqlite|postgres] [--n 20000] [--runs 3]
+    python bench/queue.py [--backend sqlite|postgres|redis] [--n 20000] [--runs 3]
 
 PostgreSQL: ``--pg-url`` (default $HYDRAPOOL_TEST_POSTGRES_URL or the local
-server); every run uses a fresh schema, dropped afterwards.
+server); every run uses a fresh schema, dropped afterwards. Redis:
+``--redis-url`` (default $HYDRAPOOL_TEST_REDIS_URL or the local server); every
+run uses a fresh key prefix, deleted afterwards.
 """
 
 from __future__ import annotations
@@ -45,24 +47,42 @@ import hydrapool as hp
 
 QUEUE = "bench"
 PG_URL = os.environ.get("HYDRAPOOL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("HYDRAPOOL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 class Store:
-    """Where a run's queues live: SQLite files in the run's folder, or PostgreSQL schemas."""
+    """Where a run's queues live: SQLite files in the run's folder, PostgreSQL schemas,
+    or Redis key prefixes."""
 
-    def __init__(self, backend: str, workdir: Path, pg_url: str) -> None:
+    def __init__(self, backend: str, workdir: Path, pg_url: str, redis_url: str) -> None:
         self.backend, self.workdir, self.pg_url = backend, workdir, pg_url
+        self.redis_url = redis_url
         self.schemas: list[str] = []
+        self.prefixes: list[str] = []
 
     def url(self, label: str) -> str:
         if self.backend == "sqlite":
             return f"sqlite:///{self.workdir / label}.db"
+        if self.backend == "redis":
+            prefix = f"bench_{label}_{os.getpid()}_{len(self.prefixes)}"
+            self.prefixes.append(prefix)
+            sep = "&" if "?" in self.redis_url else "?"
+            return f"{self.redis_url}{sep}prefix={prefix}"
         schema = f"bench_{label}_{os.getpid()}_{len(self.schemas)}"
         self.schemas.append(schema)
         sep = "&" if "?" in self.pg_url else "?"
         return f"{self.pg_url}{sep}schema={schema}"
 
     def drop(self) -> None:
+        if self.prefixes:
+            import redis
+
+            client = redis.Redis.from_url(self.redis_url)
+            for prefix in self.prefixes:
+                keys = list(client.scan_iter(match="{" + prefix + ":*", count=1000))
+                for start in range(0, len(keys), 500):
+                    client.delete(*keys[start : start + 500])
+            client.close()
         if self.schemas:
             import psycopg
 
@@ -204,11 +224,11 @@ async def sleep_workload(store: Store, count: int = 2000) -> dict[str, float]:
     return {"sleep_wall_s": round(max(e for _, e in spans) - min(s for s, _ in spans), 3)}
 
 
-async def bench(n: int, runs: int, backend: str, pg_url: str) -> dict[str, Any]:
+async def bench(n: int, runs: int, backend: str, pg_url: str, redis_url: str) -> dict[str, Any]:
     results: list[dict[str, float]] = []
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as tmp:
-            store = Store(backend, Path(tmp), pg_url)
+            store = Store(backend, Path(tmp), pg_url, redis_url)
             try:
                 row = await throughput(n, store)
                 row.update(await latency(store))
@@ -236,13 +256,15 @@ def main() -> None:
     parser.add_argument("--url")
     parser.add_argument("--out")
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--backend", choices=["sqlite", "postgres", "redis"], default="sqlite")
     parser.add_argument("--pg-url", default=PG_URL)
+    parser.add_argument("--redis-url", default=REDIS_URL)
     args = parser.parse_args()
     if args.role == "worker":
         asyncio.run(worker_main(args.url, Path(args.out), args.n, args.concurrency))
         return
-    print(json.dumps(asyncio.run(bench(args.n, args.runs, args.backend, args.pg_url)), indent=2))
+    result = bench(args.n, args.runs, args.backend, args.pg_url, args.redis_url)
+    print(json.dumps(asyncio.run(result), indent=2))
 
 
 if __name__ == "__main__":

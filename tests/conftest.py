@@ -58,3 +58,34 @@ def postgres_url() -> Iterator[str]:
     schema = f"t_{uuid.uuid4().hex[:12]}"
     yield with_schema(POSTGRES_URL, schema)
     drop_schema(schema)
+
+
+def with_prefix(url: str, prefix: str) -> str:
+    """``url`` with ``?prefix=`` set (a Redis queue's keys start with ``{prefix:queue}``)."""
+    parts = urlsplit(url)
+    query = "&".join(p for p in parts.query.split("&") if p and not p.startswith("prefix="))
+    query = f"{query}&prefix={prefix}" if query else f"prefix={prefix}"
+    return parts._replace(query=query).geturl()
+
+
+def drop_prefix(prefix: str, url: str = REDIS_URL) -> int:
+    """Delete every key under a test's own prefix; returns how many."""
+    import redis
+
+    client = redis.Redis.from_url(urlsplit(url)._replace(query="").geturl())
+    try:
+        keys = list(client.scan_iter(match="{" + prefix + ":*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+        return len(keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis queue URL with a key prefix of this test's own, its keys deleted afterwards."""
+    require_service(REDIS_URL)
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    yield with_prefix(REDIS_URL, prefix)
+    drop_prefix(prefix)

@@ -16,11 +16,13 @@ from hydrapool.exceptions import (
     PayloadError,
     PoolClosed,
     PoolFull,
+    ReportRefused,
     RetryAfter,
 )
 from hydrapool.pool import DrainResult, Pool, PoolStatistics
 from hydrapool.queue.coordinator import Coordinator, CoordinatorReport
 from hydrapool.queue.events import Event, EventType
+from hydrapool.queue.external import Lease
 from hydrapool.queue.job import Job, JobState
 from hydrapool.queue.queue import Channel, Queue, QueueSnapshot, Task, TaskCall
 from hydrapool.queue.schedules import Schedule
@@ -69,6 +71,7 @@ __all__ = [
     "JobFailed",
     "JobState",
     "JobStatistics",
+    "Lease",
     "ManualClock",
     "PayloadError",
     "Pool",
@@ -79,6 +82,7 @@ __all__ = [
     "QueueSnapshot",
     "RateLimit",
     "Reply",
+    "ReportRefused",
     "Reschedule",
     "Retry",
     "RetryAfter",

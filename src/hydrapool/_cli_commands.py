@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from hydrapool import _settings
 from hydrapool.cli import jobs_table, load_queue, run
 from hydrapool.queue.coordinator import Coordinator
 from hydrapool.queue.job import Job
@@ -24,6 +26,20 @@ def _queue_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _limit_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--max-concurrency",
+        type=click.IntRange(min=1),
+        default=None,
+        help="cap the queue's running jobs, set at start (else POOL_MAX_CONCURRENT)",
+    )(fn)
+
+
+async def _apply_limit(queue: Queue, limit: int | None) -> None:
+    if limit is not None:
+        await queue.set_limits(max_concurrency=limit)
+
+
 @click.group(help="hydrapool: durable job queues and concurrency limits.")
 def cli() -> None:
     """The command group."""
@@ -36,6 +52,13 @@ def cli() -> None:
 @click.option("--grace", default=30.0, show_default=True, help="seconds to finish on stop")
 @click.option("--channels", default=None, help="comma-separated channels (default: all)")
 @click.option("--no-coordinator", is_flag=True, help="do not run the coordinator here")
+@click.option(
+    "--coordinator-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="seconds between coordinator passes (else POOL_INTERVAL in ms, else 1)",
+)
+@_limit_option
 def worker(
     target: str,
     concurrency: int,
@@ -43,9 +66,15 @@ def worker(
     grace: float,
     channels: str | None,
     no_coordinator: bool,
+    coordinator_interval: float | None,
+    max_concurrency: int | None,
 ) -> None:
     """hydrapool worker MODULE:QUEUE."""
     queue = load_queue(target, None, None)
+    interval, _ = _settings.coordinator_interval(
+        coordinator_interval, os.environ, "--coordinator-interval"
+    )
+    limit, _ = _settings.max_concurrency(max_concurrency, os.environ)
     chosen = [c for c in channels.split(",") if c] if channels else None
     w = Worker(
         queue,
@@ -54,30 +83,53 @@ def worker(
         grace=grace,
         channels=chosen,
         coordinator=not no_coordinator,
+        coordinator_interval=interval,
     )
     tasks = ", ".join(sorted(queue.tasks)) or "(none registered)"
+    cap = "" if limit is None else f", queue max_concurrency={limit}"
     click.echo(
-        f"worker {w.id}: queue {queue.name!r} on {queue.url}, {concurrency} slots, tasks: {tasks}",
+        f"worker {w.id}: queue {queue.name!r} on {queue.url}, {concurrency} slots{cap}, "
+        f"tasks: {tasks}",
         err=True,
     )
 
     async def go() -> None:
         async with queue:
+            await _apply_limit(queue, limit)
             await w.run()
 
     run(go())
 
 
-@cli.command(help="Run only the coordinator (leases, release, retention).")
+@cli.command(help="Run only the coordinator (leases, release, retention): Hydra's manager.")
 @_queue_options
-@click.option("--interval", default=1.0, show_default=True)
-def coordinator(target: str | None, url: str | None, name: str | None, interval: float) -> None:
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="seconds between passes (else POOL_INTERVAL in ms, else 1)",
+)
+@_limit_option
+def coordinator(
+    target: str | None,
+    url: str | None,
+    name: str | None,
+    interval: float | None,
+    max_concurrency: int | None,
+) -> None:
     """hydrapool coordinator."""
     queue = load_queue(target, url, name)
+    seconds, _ = _settings.coordinator_interval(interval, os.environ)
+    limit, _ = _settings.max_concurrency(max_concurrency, os.environ)
+    cap = "" if limit is None else f", queue max_concurrency={limit}"
+    click.echo(
+        f"coordinator: queue {queue.name!r} on {queue.url}, every {seconds:g}s{cap}", err=True
+    )
 
     async def go() -> None:
         async with queue:
-            await Coordinator(queue, interval=interval).run()
+            await _apply_limit(queue, limit)
+            await Coordinator(queue, interval=seconds).run()
 
     run(go())
 
@@ -215,3 +267,22 @@ def migrate(target: str | None, url: str | None, name: str | None) -> None:
 
     applied = run(go())
     click.echo("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+
+
+@cli.command(help="Show the settings the flags and environment give, and where each came from.")
+@click.option("--url", help="backend URL (else HYDRAPOOL_URL, else REDIS_HOST/REDIS_PORT)")
+@click.option("--name", help="queue name (else HYDRAPOOL_QUEUE or 'default')")
+def config(url: str | None, name: str | None) -> None:
+    """hydrapool config: nothing is opened or changed."""
+    env = os.environ
+    rows = [
+        ("url", *_settings.queue_url(url, env)),
+        ("name", *_settings.queue_name(name, env)),
+        ("max_concurrency", *_settings.max_concurrency(None, env)),
+        ("coordinator_interval", *_settings.coordinator_interval(None, env)),
+    ]
+    for key, value, source in rows:
+        shown = "unchanged" if value is None else value
+        if key == "coordinator_interval":
+            shown = f"{value:g}s"
+        click.echo(f"{key} = {shown}  ({source})")

@@ -7,10 +7,14 @@
     hydrapool enqueue send_email '["a@b.c", "hi"]'
     hydrapool cancel 3f2a...
     hydrapool migrate
+    hydrapool config                            # the settings the environment gives
 
 A queue is named either as ``MODULE:ATTRIBUTE`` (the application's own
 ``hp.Queue``, with its registered tasks: what ``worker`` needs) or by
-``--url``/``HYDRAPOOL_URL`` and ``--name``/``HYDRAPOOL_QUEUE``.
+``--url``/``HYDRAPOOL_URL`` and ``--name``/``HYDRAPOOL_QUEUE``. Hydra's own
+variables are honoured too (``REDIS_HOST``, ``REDIS_PORT``, ``POOL_PREFIX``,
+``POOL_MAX_CONCURRENT``, ``POOL_INTERVAL``), and ``./.env`` is read at start
+(see ``hydrapool._settings``); flags win over the environment.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from hydrapool import _settings
 from hydrapool.exceptions import HydrapoolError
 from hydrapool.queue.job import Job
 from hydrapool.queue.queue import Queue
@@ -48,8 +53,12 @@ def load_queue(
         if not isinstance(queue, Queue):
             raise ValueError(f"{target!r} is not an hp.Queue (got {type(queue).__name__})")
         return queue
-    url = url or os.environ.get("HYDRAPOOL_URL") or "sqlite:///hydrapool.db"
-    queue = Queue(url, name=name or os.environ.get("HYDRAPOOL_QUEUE") or "default")
+    url, source = _settings.queue_url(url, os.environ)
+    name, named_by = _settings.queue_name(name, os.environ)
+    try:
+        queue = Queue(url, name=name)
+    except ValueError as exc:  # say which setting gave the bad value
+        raise ValueError(f"{exc} (the URL is from {source}, the name from {named_by})") from None
     path = getattr(queue.backend, "path", None)
     if must_exist and path not in (None, ":memory:") and not os.path.exists(path):
         raise ValueError(f"no database at {path!r} (from {url!r})")
@@ -101,6 +110,7 @@ def main() -> None:
             "pip install 'hydrapool[cli]'"
         )
     try:
+        _settings.load_env_file()
         cli()
     except (ValueError, OverflowError, HydrapoolError, LookupError, ImportError) as exc:
         # bad targets, names, numbers and payloads: one clear line, no traceback

@@ -10,7 +10,8 @@ The tree::
     ├── PayloadError               a job's arguments or result are not JSON
     ├── DependencyError            depends_on names an unknown job or one that started
     ├── Fail                       raised BY a durable task: fail now (optionally no retry)
-    └── JobFailed                  job.result() of a job that failed, was cancelled or dropped
+    ├── JobFailed                  job.result() of a job that failed, was cancelled or dropped
+    └── ReportRefused              finish_job/fail_job/extend_lease without a valid lease
 
 Bad arguments raise the built-in ``TypeError`` or ``ValueError`` with a message
 that names the value and the rule it broke.
@@ -27,6 +28,7 @@ __all__ = [
     "PayloadError",
     "PoolClosed",
     "PoolFull",
+    "ReportRefused",
     "RetryAfter",
 ]
 
@@ -117,3 +119,19 @@ class JobFailed(HydrapoolError):
 
 class DependencyError(HydrapoolError, ValueError):
     """A job may depend only on existing jobs of its queue that have not started."""
+
+
+class ReportRefused(HydrapoolError):
+    """A report on a claimed job was refused: the caller holds no valid lease on it.
+
+    Raised by ``queue.finish_job``, ``queue.fail_job`` and ``queue.extend_lease``
+    when the job is unknown, was never claimed with that lease, or its lease
+    expired (the coordinator may have retried or failed it meanwhile). The job
+    is left as it was: a refused report never ends a job. ``job_id`` names the
+    job, ``reason`` says why.
+    """
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        self.job_id = job_id
+        self.reason = reason
+        super().__init__(f"job {job_id}: report refused: {reason}")

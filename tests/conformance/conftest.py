@@ -1,6 +1,7 @@
 """The conformance suite: every test runs once per backend.
 
-PostgreSQL tests each get a schema of their own (see ``postgres_url``).
+PostgreSQL tests each get a schema of their own (see ``postgres_url``), Redis
+tests a key prefix of their own (see ``redis_url``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 
 import hydrapool as hp
 
-BACKENDS = ["memory", "sqlite", "postgres"]
+BACKENDS = ["memory", "sqlite", "postgres", "redis"]
 
 
 def backend_url(kind: str, tmp_path: Path) -> str:
@@ -33,6 +34,8 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
 def url(backend_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if backend_kind == "postgres":
         return str(request.getfixturevalue("postgres_url"))
+    if backend_kind == "redis":
+        return str(request.getfixturevalue("redis_url"))
     return backend_url(backend_kind, tmp_path)
 
 

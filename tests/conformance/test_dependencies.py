@@ -165,6 +165,10 @@ async def test_ended_parents_leave_no_bookkeeping_behind(queue: hp.Queue) -> Non
         data = backend._q(queue.name)
         assert data.children == {}
         assert data.parents_left == {}
+    elif hasattr(backend, "prefix"):  # Redis: no child lists left
+        client = await backend._ready()
+        base = backend._base(queue.name)
+        assert [k async for k in client.scan_iter(match=base + ":kids:*")] == []
     elif hasattr(backend, "schema"):  # PostgreSQL
         import psycopg
 

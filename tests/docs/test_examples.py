@@ -12,6 +12,7 @@ import pytest
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 BLOCK = re.compile(r"```(\w*)\n(.*?)```", re.S)
 PG_EXAMPLE_URL = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS_EXAMPLE_URL = "redis://127.0.0.1:6379/0"
 
 
 def _examples() -> list[tuple[str, str, str | None]]:
@@ -40,6 +41,8 @@ def test_doc_example_runs(
 ) -> None:
     if PG_EXAMPLE_URL in code:  # on a schema of this test's own (skipped without the server)
         code = code.replace(PG_EXAMPLE_URL, str(request.getfixturevalue("postgres_url")))
+    if REDIS_EXAMPLE_URL in code:  # under a key prefix of this test's own
+        code = code.replace(REDIS_EXAMPLE_URL, str(request.getfixturevalue("redis_url")))
     script = tmp_path / "example.py"
     script.write_text(code)
     result = subprocess.run(

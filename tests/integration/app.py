@@ -1,4 +1,5 @@
-"""A worker process for the integration tests: ``python app.py DB_URL QUEUE LOG_DIR [lease]``.
+"""A worker process for the integration tests:
+``python app.py DB_URL QUEUE LOG_DIR [lease [idle_wait]]``.
 
 Each job appends ``start``/``end`` lines with CLOCK_MONOTONIC nanoseconds
 (shared by every process on the machine) to this process's log, so the test
@@ -46,10 +47,18 @@ def build(url: str, name: str, log_dir: Path) -> hp.Queue:
 async def main() -> None:
     url, name, log_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     lease = float(sys.argv[4]) if len(sys.argv) > 4 else 30.0
+    idle_wait = float(sys.argv[5]) if len(sys.argv) > 5 else 1.0
     # Timestamped warnings (lost connections, refused reports, rescues) for post-mortems.
     logging.basicConfig(format="%(created).3f %(process)d %(name)s %(levelname)s %(message)s")
     queue = build(url, name, log_dir)
-    worker = hp.Worker(queue, concurrency=4, lease=lease, grace=5, coordinator_interval=0.1)
+    worker = hp.Worker(
+        queue,
+        concurrency=4,
+        lease=lease,
+        grace=5,
+        coordinator_interval=0.1,
+        idle_wait=idle_wait,
+    )
     (log_dir / f"ready-{os.getpid()}").write_text("ready")
     async with queue:
         await worker.run()

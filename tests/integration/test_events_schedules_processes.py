@@ -1,5 +1,6 @@
-"""Across processes on one store (a SQLite file, a PostgreSQL schema): events reach
-another process; a schedule declared by two coordinator processes fires once per tick."""
+"""Across processes on one store (a SQLite file, a PostgreSQL schema, a Redis key prefix):
+events reach another process; a schedule declared by two coordinator processes fires once
+per tick."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 import hydrapool as hp
 
 APP = Path(__file__).with_name("events_app.py")
-BACKENDS = ["sqlite", "postgres"]
+BACKENDS = ["sqlite", "postgres", "redis"]
 
 
 Stop = Callable[[Sequence[subprocess.Popen[bytes]]], None]  # the stop_processes fixture
@@ -48,8 +49,9 @@ class Procs:
 
 @pytest.fixture(params=BACKENDS)
 def procs(request: pytest.FixtureRequest, tmp_path: Path, stop_processes: Stop) -> Iterator[Procs]:
-    if request.param == "postgres":
-        url = str(request.getfixturevalue("postgres_url"))  # its schema outlives the processes
+    if request.param in ("postgres", "redis"):
+        # A schema or key prefix of this test's own, dropped after the processes stop.
+        url = str(request.getfixturevalue(f"{request.param}_url"))
     else:
         url = f"sqlite:///{tmp_path / 'shared.db'}"
     group = Procs(url, tmp_path, stop_processes)

@@ -1,5 +1,5 @@
-"""Real worker processes on one store (a SQLite file, a PostgreSQL schema): limits across
-processes, SIGKILL, nothing lost."""
+"""Real worker processes on one store (a SQLite file, a PostgreSQL schema, a Redis key
+prefix): limits across processes, SIGKILL, nothing lost."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 import hydrapool as hp
 
 APP = Path(__file__).with_name("app.py")
-BACKENDS = ["sqlite", "postgres"]
+BACKENDS = ["sqlite", "postgres", "redis"]
 
 
 Stop = Callable[[Sequence[subprocess.Popen[bytes]]], None]  # the stop_processes fixture
@@ -58,8 +58,9 @@ def workers(
 ) -> Iterator[Workers]:
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
-    if request.param == "postgres":
-        url = str(request.getfixturevalue("postgres_url"))  # its schema outlives the workers
+    if request.param in ("postgres", "redis"):
+        # A schema or key prefix of this test's own, dropped after the workers stop.
+        url = str(request.getfixturevalue(f"{request.param}_url"))
     else:
         url = f"sqlite:///{tmp_path / 'shared.db'}"
     group = Workers(url, "it", log_dir, stop_processes)

@@ -33,3 +33,12 @@ def test_py_typed_marker_ships() -> None:
     from importlib.resources import files
 
     assert files("hydrapool").joinpath("py.typed").is_file()
+
+
+def test_hydra_parity_names_are_public() -> None:
+    assert {"Lease", "ReportRefused"} <= set(hydrapool.__all__)
+    assert issubclass(hydrapool.ReportRefused, hydrapool.HydrapoolError)
+    for method in ("add_job", "claim", "extend_lease", "finish_job", "fail_job", "show_pool"):
+        assert getattr(hydrapool.Queue, method).__doc__, method
+    for total in ("pending", "executing", "finished"):
+        assert isinstance(getattr(hydrapool.QueueSnapshot, total), property), total

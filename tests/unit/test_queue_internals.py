@@ -105,7 +105,8 @@ def test_fresh_schema_equals_step_by_step_schema(tmp_path: Path) -> None:
     [
         ("sqlite://host/x.db", "no host"),
         ("sqlite:///", "names no file"),
-        ("redis://localhost/0", "not available yet"),
+        ("redis://localhost/0?prefix=a{b", "prefix 'a{b'.*without braces"),
+        ("redis://localhost/0?events_max=0", "events_max='0'.*positive whole number"),
         ("postgresql://localhost/db?schema=Bad-Name", "schema 'Bad-Name' is not allowed"),
         ("mysql://x", "unknown queue URL scheme 'mysql'"),
     ],

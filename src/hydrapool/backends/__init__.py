@@ -42,6 +42,15 @@ def backend_from_url(url: str, *, migrate: bool = True) -> Backend:
             ) from exc
 
         return PostgresBackend(url, migrate=migrate)
+    if scheme in ("redis", "rediss"):
+        try:
+            from hydrapool.backends.redis import RedisBackend
+        except ImportError as exc:
+            raise ImportError(
+                f"the {scheme}:// backend needs redis-py ({exc}): pip install 'hydrapool[redis]'"
+            ) from exc
+
+        return RedisBackend(url)
     if scheme in SCHEMES:
         raise ValueError(f"the {scheme}:// backend is not available yet (queue URL {url!r})")
     raise ValueError(

@@ -106,6 +106,8 @@ class Job:
     #: True when this enqueue found a not-yet-started job with the same dedup key
     #: and returned it instead of storing a new one
     deduplicated: bool = False
+    #: what ``queue.add_job(payload)`` stored (None for a task's job)
+    payload: Any = None
     queue_ref: Any = field(default=None, repr=False, compare=False)
 
     @property

@@ -22,7 +22,9 @@ import functools
 import inspect
 import json
 import math
+import os
 import re
+import socket
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -45,12 +47,13 @@ from hydrapool.backends.base import (
 from hydrapool.exceptions import JobFailed, PayloadError
 from hydrapool.queue import events as ev
 from hydrapool.queue._stream import EventStream, dispatch
-from hydrapool.queue.job import TERMINAL, Job, JobState
+from hydrapool.queue.job import ACTIVE, TERMINAL, Job, JobState
 from hydrapool.queue.schedules import Schedule, next_run, spec_json
 from hydrapool.queue.schedules import snapshot as schedule_snapshot
 from hydrapool.retry import Backoff, Retry
 
 if TYPE_CHECKING:
+    from hydrapool.queue.external import Lease
     from hydrapool.queue.worker import Worker
 
 __all__ = ["Channel", "Queue", "QueueSnapshot", "Task", "TaskCall"]
@@ -59,6 +62,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}")
 DEFAULT_CHANNEL = "default"
+# The task name of ``queue.add_job()`` jobs: payload-only jobs for an external claimer
+# (``queue.claim()``). No task may be registered or enqueued under it.
+EXTERNAL_TASK = "hydrapool.external"
 CLOSE_GRACE = 5.0  # seconds on_event subscribers get at close() to deliver stored events
 
 
@@ -211,13 +217,31 @@ def retry_from_json(data: Mapping[str, Any] | None) -> Retry | None:
 
 @dataclass(frozen=True, slots=True)
 class QueueSnapshot:
-    """``queue.show_pool()``: counts by state, per channel, the running jobs and the limits."""
+    """``queue.show_pool()``: counts by state, per channel, the running jobs and the limits.
+
+    ``pending``, ``executing`` and ``finished`` are Hydra's three counts.
+    """
 
     counts: Mapping[str, int]
     channels: Mapping[str, Mapping[str, int]]
     running: list[Job]
     max_concurrency: int | None
     policies: Mapping[str, ChannelPolicy]
+
+    @property
+    def pending(self) -> int:
+        """Jobs not started or waiting for another try (waiting, queued, retrying)."""
+        return sum(self.counts.get(s, 0) for s in ACTIVE if s is not JobState.RUNNING)
+
+    @property
+    def executing(self) -> int:
+        """Jobs running now (claimed under a lease)."""
+        return self.counts.get(JobState.RUNNING, 0)
+
+    @property
+    def finished(self) -> int:
+        """Jobs that ended (succeeded, failed, cancelled, dropped) and are still kept."""
+        return sum(self.counts.get(s, 0) for s in TERMINAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +445,9 @@ class Queue:
         self._subscribers: set[asyncio.Task[None]] = set()
         self._epoch = 0  # + 1 at each close: streams of an earlier opening end
         self._closing = asyncio.Event()
+        # Jobs this queue claimed with claim(), by id: the lease and the job as claimed.
+        self._leases: dict[str, tuple[Lease, JobRecord]] = {}
+        self._claimer = f"{socket.gethostname()}:{os.getpid()}:claim-{uuid.uuid4().hex[:8]}"
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} on {self.url}>"
@@ -442,7 +469,7 @@ class Queue:
         def register(func: Callable[P, Any]) -> Task[P, Any]:
             if not callable(func):
                 raise TypeError(f"a task must be callable, got {func!r}")
-            task_name = check_name("task", name or getattr(func, "__name__", ""))
+            task_name = _not_reserved(check_name("task", name or getattr(func, "__name__", "")))
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ValueError(f"a different function is already registered as {task_name!r}")
             if retry is not None and not isinstance(retry, Retry):
@@ -467,7 +494,7 @@ class Queue:
     def _task_of(self, task: str | Task[Any, Any]) -> Task[Any, Any]:
         if isinstance(task, Task):
             return task
-        check_name("task", task)
+        _not_reserved(check_name("task", task))
         found = self.tasks.get(task)
         if found is None:
             # Enqueueing a task this process does not run is fine (another service may).
@@ -647,6 +674,7 @@ class Queue:
             return_value=value,
             dedup_key=record.dedup_key,
             deduplicated=record.deduplicated,
+            payload=payload.get("payload") if record.task == EXTERNAL_TASK else None,
             queue_ref=self,
         )
 
@@ -756,6 +784,114 @@ class Queue:
         if not outcome.ended or outcome.job is None:
             return []
         return ev.for_cancel(outcome.job) + ev.for_changes(self.name, outcome.changes)
+
+    # ── Hydra-style external jobs (the work is in queue/external.py) ───────
+    async def add_job(
+        self,
+        payload: Any,
+        *,
+        channel: str = DEFAULT_CHANNEL,
+        priority: int = 0,
+        delay: float | None = None,
+        run_at: datetime | float | None = None,
+        dedup_key: str | None = None,
+        depends_on: Iterable[str | Job] | None = None,
+        max_attempts: int = 1,
+        backoff: Backoff | float = 0.0,
+        max_processing: float | None = None,
+    ) -> str:
+        """Store a payload-only job for an external claimer; returns its id (Hydra's addJob).
+
+        ``payload`` is any JSON value. The job goes through the same insert as a
+        task's job, so channel limits, dedup keys, dependencies and events
+        apply. Any process claims it with ``queue.claim()`` and reports with
+        ``finish_job`` or ``fail_job``; ``fail_job`` retries it while attempts
+        remain (``max_attempts`` counts every try), after ``backoff`` (an
+        ``hp.Backoff``, or fixed seconds: at once by default). Its task name
+        is ``"hydrapool.external"``: an ``hp.Worker`` that claims one cannot
+        run it and fails that try, so keep such jobs in channels no Worker serves.
+        """
+        attempts = _count("max_attempts", max_attempts)
+        retry = Retry(attempts=attempts or 1, backoff=backoff)
+        call: TaskCall[..., Any] = Task(self, EXTERNAL_TASK, _not_here(EXTERNAL_TASK)).options(
+            channel=channel,
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            retry=retry,
+            max_processing=max_processing,
+            dedup_key=dedup_key,
+            depends_on=depends_on,
+        )
+        new = replace(call._new_job((), {}), payload=encode_job_payload(payload, retry))
+        return (await self._insert([new]))[0].id
+
+    async def claim(
+        self,
+        channel: str | Iterable[str] | None = None,
+        *,
+        lease: float = 30.0,
+        wait: float = 0.0,
+    ) -> Lease | None:
+        """Claim one due job for this process, within every limit; None if none is ready.
+
+        ``channel``: one channel, several, or None for any. The claim holds
+        for ``lease`` seconds (renew it with ``extend_lease``); report with
+        ``finish_job`` or ``fail_job``. ``wait``: seconds to wait for a job
+        when none is ready (woken by enqueues and by reports of this process).
+        Returns an ``hp.Lease``; the queue also remembers it by job id.
+        """
+        from hydrapool.queue import external  # it imports this module
+
+        return await external.claim(self, channel, lease, wait)
+
+    async def extend_lease(
+        self, job: str | Lease, lease: float = 30.0, *, token: str | None = None
+    ) -> Lease:
+        """Renew a claim for ``lease`` more seconds (a heartbeat for a long job).
+
+        ``job`` is a job id this queue claimed, or an ``hp.Lease``; another
+        process that got the lease token passes ``token=``. Returns the renewed
+        ``hp.Lease`` (``cancel_requested`` tells that ``queue.cancel()`` asked
+        the job to stop); raises ``hp.ReportRefused`` if the lease is gone.
+        """
+        from hydrapool.queue import external
+
+        return await external.extend(self, job, lease, token)
+
+    async def finish_job(
+        self, job: str | Lease, result: Any = None, *, token: str | None = None
+    ) -> JobState:
+        """Record that a claimed job succeeded with ``result`` (JSON); Hydra's finishJob.
+
+        Applied only under the job's current lease (this queue's claim, an
+        ``hp.Lease``, or ``token=``); otherwise ``hp.ReportRefused`` says why,
+        and the job is left as it was. Returns the state the job ended in.
+        """
+        from hydrapool.queue import external
+
+        return await external.finish(self, job, result, token)
+
+    async def fail_job(
+        self,
+        job: str | Lease,
+        error: str | BaseException,
+        *,
+        retry: bool = True,
+        delay: float | None = None,
+        token: str | None = None,
+    ) -> JobState:
+        """Record that a claimed job's try failed with ``error``.
+
+        With ``retry`` and attempts left, the job goes to ``retrying`` and is
+        due again after ``delay`` seconds (default: its ``add_job`` back-off);
+        otherwise it ends ``failed``. Fenced by the lease like ``finish_job``.
+        Returns the new state (``retrying``, ``failed``, or ``cancelled`` when
+        a cancel was requested).
+        """
+        from hydrapool.queue import external
+
+        return await external.fail(self, job, error, retry, delay, token)
 
     # ── schedules ──────────────────────────────────────────────────────────
     async def schedule(
@@ -894,6 +1030,25 @@ def _open_transaction(queue: Queue) -> _Transaction | None:
         if tx.open and tx.queue is queue:
             return tx
     return None
+
+
+def _not_reserved(name: str) -> str:
+    if name == EXTERNAL_TASK:
+        raise ValueError(
+            f"task name {name!r} is reserved for queue.add_job() jobs (claimed with "
+            "queue.claim()): choose another name"
+        )
+    return name
+
+
+def encode_job_payload(payload: Any, retry: Retry | None) -> str:
+    """The stored JSON of an ``add_job`` payload; ``hp.PayloadError`` if it is not JSON."""
+    try:
+        return json.dumps({"payload": payload, "retry": retry_to_json(retry)}, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PayloadError(
+            f"add_job: the payload is not JSON ({type(payload).__name__}: {exc})"
+        ) from None
 
 
 def _not_here(name: str) -> Callable[..., Any]:

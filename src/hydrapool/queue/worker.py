@@ -33,7 +33,7 @@ from hydrapool.queue import _signals
 from hydrapool.queue import events as ev
 from hydrapool.queue._reports import Stored, store_finishes
 from hydrapool.queue.coordinator import Coordinator
-from hydrapool.queue.queue import Queue, Task, check_name, retry_from_json
+from hydrapool.queue.queue import EXTERNAL_TASK, Queue, Task, check_name, retry_from_json
 
 __all__ = ["Worker", "WorkerStatistics"]
 
@@ -235,7 +235,7 @@ class Worker:
             payload = json.loads(job.payload)
             task = self.queue.tasks.get(job.task)
             if task is None:
-                raise LookupError(f"no task named {job.task!r} is registered in this worker")
+                raise _no_task(job)
             value = await self._call(task, payload)
         except asyncio.CancelledError as exc:
             me = asyncio.current_task()
@@ -384,6 +384,23 @@ class Worker:
         if entry is not None and entry[1] not in self._reasons:
             self._reasons[entry[1]] = reason
             entry[1].cancel()
+
+
+def _no_task(job: JobRecord) -> LookupError:
+    """Why this worker cannot run ``job``; a job for an external claimer is also logged."""
+    if job.task != EXTERNAL_TASK:
+        return LookupError(f"no task named {job.task!r} is registered in this worker")
+    logger.warning(
+        "job %s in channel %r was added with queue.add_job() for an external claimer, "
+        "and this Worker serves that channel: its try fails",
+        job.id,
+        job.channel,
+    )
+    return LookupError(
+        f"job {job.id} was added with queue.add_job() for an external claimer "
+        "(queue.claim()) and a Worker cannot run it: keep such jobs in channels no "
+        "Worker serves (hp.Worker(queue, channels=[...]))"
+    )
 
 
 def _text(exc: BaseException) -> str:

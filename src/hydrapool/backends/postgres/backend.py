@@ -31,7 +31,6 @@ import logging
 import re
 import time
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -43,6 +42,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from hydrapool.backends._deps import initial_state, parents_of, with_aliases
 from hydrapool.backends._sql import load_queries, migrations
+from hydrapool.backends._wake import ClaimMarks
 from hydrapool.backends.base import (
     CancelResult,
     Change,
@@ -219,9 +219,7 @@ class PostgresBackend:
         self._listening = asyncio.Event()
         self._notified: dict[str, int] = {}  # queue -> work notifications received
         # Per calling task (a worker's loop) and queue: _notified when its last claim began.
-        self._claim_mark: weakref.WeakKeyDictionary[asyncio.Task[Any], dict[str, int]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._claim_marks = ClaimMarks(f"{id(self):x}")
         self._work: dict[str, asyncio.Event] = {}
         self._event_seen: dict[str, int] = {}  # queue -> newest seq announced
         self._event_wakers: dict[str, asyncio.Event] = {}
@@ -413,17 +411,9 @@ class PostgresBackend:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(waker.wait(), timeout)
 
-    def _marks(self) -> dict[str, int]:
-        task = asyncio.current_task()
-        if task is None:
-            return {}
-        return self._claim_mark.setdefault(task, {})
-
     async def work_wait(self, queue: str, timeout: float) -> None:
         """Return on a NOTIFY for ``queue`` since the last claim began, or after ``timeout``."""
-        marks = self._marks()
-        if self._notified.get(queue, 0) != marks.get(queue, 0):
-            marks[queue] = self._notified.get(queue, 0)
+        if self._claim_marks.news(queue, self._notified.get(queue, 0)):
             return
         waker = self._work.setdefault(queue, asyncio.Event())
         await self._sleep_on(waker, timeout)
@@ -677,7 +667,7 @@ class PostgresBackend:
         """Claim due jobs within the channel and queue limits: one round trip, its commit
         included (see the claim function in the schema)."""
         queue = params.queue
-        self._marks()[queue] = self._notified.get(queue, 0)
+        self._claim_marks.claimed(queue, self._notified.get(queue, 0))
         token = uuid.uuid4().hex  # one lease token per batch: (job id, token) fences
         pool = await self._ready()
         async with pool.connection() as conn:

@@ -1,0 +1,826 @@
+"""redis:// — durable queues in Redis, every transition one Lua script.
+
+``redis://host:6379/0?prefix=myapp`` (or ``rediss://``): each queue's keys
+start with the hash tag ``{prefix:queue}``, so a queue lives in one Redis
+Cluster slot and several hydrapools share one server under their own
+prefixes. Each step (enqueue, claim, finish, cancel, release, rescue, tick)
+is one script from this package's ``*.lua`` files, with ``common.lua`` in
+front: a step and its events are one atomic write, and no limit is checked
+across round trips. Idle workers and event subscribers wake on pub/sub; the
+events themselves are kept in a capped stream, so a subscriber that was away
+catches up by number. See docs/redis.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from hydrapool.backends._deps import parents_of
+from hydrapool.backends._wake import ClaimMarks
+from hydrapool.backends.base import (
+    CancelResult,
+    Change,
+    ChannelPolicy,
+    Claim,
+    ClaimParams,
+    Emit,
+    Finish,
+    FinishResult,
+    Heartbeat,
+    JobRecord,
+    NewJob,
+    PoolSnapshot,
+    ScheduleRecord,
+    stamp,
+)
+from hydrapool.queue.events import Event, EventType
+
+__all__ = ["RedisBackend", "key_base"]
+
+logger = logging.getLogger("hydrapool.redis")
+T = TypeVar("T")
+
+DEFAULT_PREFIX = "hydrapool"
+DEFAULT_EVENTS_MAX = 100_000
+# Scripts and the libraries they start with (after common.lua).
+_SCRIPTS: dict[str, tuple[str, ...]] = {
+    "enqueue": ("insert",),
+    "claim": (),
+    "heartbeat": (),
+    "finish": (),
+    "cancel": (),
+    "release": (),
+    "expired": (),
+    "delete": (),
+    "stats": (),
+    "list": (),
+    "leader": (),
+    "schedule_upsert": (),
+    "schedule_delete": (),
+    "schedules": (),
+    "schedule_fire": ("insert",),
+    "event_since": (),
+    "event_trim": (),
+}
+_DELETE_CHUNK = 500
+_LIST_SPAN = 2000
+
+
+def key_base(prefix: str, queue: str) -> str:
+    """The hash-tagged start of every key of ``queue`` under ``prefix``."""
+    return "{" + prefix + ":" + queue + "}"
+
+
+def _script(name: str) -> str:
+    folder = resources.files("hydrapool.backends.redis")
+    parts = ("common", *_SCRIPTS[name], name)
+    return "\n".join(folder.joinpath(f"{part}.lua").read_text("utf-8") for part in parts)
+
+
+def _fields(flat: Sequence[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _float(fields: Mapping[str, Any], key: str) -> float | None:
+    value = fields.get(key)
+    return None if value is None else float(value)
+
+
+def _record(queue: str, flat: Sequence[str], *, deduplicated: bool = False) -> JobRecord:
+    return _job(queue, _fields(flat), deduplicated=deduplicated)
+
+
+def _job(queue: str, f: Mapping[str, Any], *, deduplicated: bool = False) -> JobRecord:
+    return JobRecord(
+        id=f["id"],
+        queue=queue,
+        task=f["task"],
+        channel=f["channel"],
+        state=f["state"],
+        priority=int(f["priority"]),
+        attempts=int(f["attempts"]),
+        max_attempts=int(f["max_attempts"]),
+        payload=f["payload"],
+        created_at=float(f["created_at"]),
+        run_at=float(f["run_at"]),
+        started_at=_float(f, "started_at"),
+        finished_at=_float(f, "finished_at"),
+        result=f.get("result"),
+        error=f.get("error"),
+        lease=f.get("lease"),
+        lease_expires_at=_float(f, "lease_expires_at"),
+        worker=f.get("worker"),
+        max_processing=_float(f, "max_processing"),
+        cancel_requested=f.get("cancel_requested") == "1",
+        dedup_key=f.get("dedup_key"),
+        deduplicated=deduplicated,
+    )
+
+
+def _change(raw: Sequence[Any]) -> Change:
+    job_id, channel, task, attempts, old, new, parent, parent_state, error = raw
+    return Change(
+        job_id,
+        channel,
+        task,
+        int(attempts),
+        old,
+        new,
+        parent or None,
+        parent_state or None,
+        error or None,
+    )
+
+
+def _new_job(job: NewJob) -> list[Any]:
+    return [
+        job.id,
+        job.task,
+        job.channel,
+        job.payload,
+        str(job.priority),  # text: 64-bit integers do not survive Lua's doubles
+        str(job.max_attempts),
+        job.delay,
+        False if job.run_at is None else job.run_at,
+        False if job.max_processing is None else job.max_processing,
+        False if job.dedup_key is None else job.dedup_key,
+        list(job.depends_on),
+        job.cascade,
+        _rank(job.priority),
+    ]
+
+
+def _rank(priority: int) -> str:
+    """Sorts as text like the priorities in reverse: 20 digits, smaller for higher ones."""
+    return f"{(1 << 63) - 1 - priority:020d}"
+
+
+def _parse_url(url: str) -> tuple[str, str, int]:
+    """(the URL for redis-py, the key prefix, the events stream cap)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in query if k in ("prefix", "events_max")}
+    prefix = ours.get("prefix", DEFAULT_PREFIX)
+    if not prefix or any(c in prefix for c in "{}:"):
+        raise ValueError(
+            f"redis prefix {prefix!r} in {url!r} must be non-empty, without braces (they "
+            "mark the hash tag) or colons (they separate the prefix from the queue's name)"
+        )
+    events_max = ours.get("events_max", str(DEFAULT_EVENTS_MAX))
+    if not events_max.isdigit() or int(events_max) < 1:
+        raise ValueError(
+            f"events_max={events_max!r} in {url!r} must be a positive whole number "
+            "(how many events each queue's stream keeps)"
+        )
+    rest = urlencode([(k, v) for k, v in query if k not in ours])
+    return urlunsplit(parts._replace(query=rest)), prefix, int(events_max)
+
+
+class RedisBackend:
+    """Queues in one Redis (or Redis Cluster slot per queue), under one key prefix."""
+
+    poll_interval = 0.5  # how often waits look again while pub/sub is down
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._redis_url, self.prefix, self.events_max = _parse_url(url)
+        self._client: Any = None
+        self._scripts: dict[str, Any] = {}
+        self._open_lock = asyncio.Lock()
+        self._listener: asyncio.Task[None] | None = None
+        self._pubsub: Any = None
+        self._listening = asyncio.Event()
+        self._channels: dict[str, tuple[str, str]] = {}  # pub/sub channel -> (queue, kind)
+        self._subscribed: dict[str, asyncio.Event] = {}  # channel -> confirmed
+        self._notified: dict[str, int] = {}  # queue -> work announcements seen
+        self._claim_marks = ClaimMarks(f"{id(self):x}")
+        self._work: dict[str, asyncio.Event] = {}
+        self._event_seen: dict[str, int] = {}
+        self._event_wakers: dict[str, asyncio.Event] = {}
+
+    def _base(self, queue: str) -> str:
+        return key_base(self.prefix, queue)
+
+    # ── connection ─────────────────────────────────────────────────────────
+    async def open(self) -> None:
+        """Connect, check the server answers, and register the scripts."""
+        async with self._open_lock:
+            if self._client is not None:
+                return
+            client = aioredis.Redis.from_url(self._redis_url, decode_responses=True)
+            try:
+                await client.ping()
+            except Exception:
+                await client.aclose()
+                raise
+            self._scripts = {name: client.register_script(_script(name)) for name in _SCRIPTS}
+            self._client = client
+
+    async def close(self) -> None:
+        """Stop listening and release the connections."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await listener
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+        # Opened again, the backend follows its queues afresh.
+        self._pubsub = None
+        self._listening.clear()
+        self._channels.clear()
+        self._subscribed.clear()
+
+    async def migrate(self) -> list[str]:
+        """Redis keeps no schema: keys are made as they are used."""
+        return []
+
+    async def _ready(self) -> Any:
+        if self._client is None:
+            await self.open()
+        assert self._client is not None
+        return self._client
+
+    async def _run(self, script: str, queue: str, *args: Any) -> Any:
+        await self._ready()
+        return await self._scripts[script](keys=[self._base(queue)], args=list(args))
+
+    async def now(self) -> float:
+        """The server's clock (``TIME``), epoch seconds."""
+        seconds, micros = await (await self._ready()).time()
+        return float(seconds) + float(micros) / 1e6
+
+    def _stored(self, emit: Emit[T] | None, result: T, stored: Sequence[Any]) -> None:
+        """Give the core's own copies of a step's events the numbers the script gave them."""
+        if emit is None:
+            return
+        events = emit.make(result)
+        first, at, count = int(stored[0]), float(stored[1]), int(stored[2])
+        if len(events) != count:
+            logger.error(
+                "events differ: the core made %d, the script stored %d", len(events), count
+            )
+        emit.stored = stamp(events, first, at) if events and first else []
+
+    # ── jobs ───────────────────────────────────────────────────────────────
+    async def job_insert_many(
+        self, queue: str, jobs: Sequence[NewJob], *, emit: Emit[list[JobRecord]] | None = None
+    ) -> list[JobRecord]:
+        """Insert all or none, in one script: dedup, parents and max_size checked inside."""
+        if not jobs:
+            return []
+        detail = _insert_detail(queue, jobs[0], emit)
+        try:
+            now, stored, out = await self._run(
+                "enqueue",
+                queue,
+                json.dumps([_new_job(j) for j in jobs]),
+                detail or "",
+                "1" if emit else "0",
+                self.events_max,
+            )
+        except ResponseError as exc:
+            raise _insert_error(queue, jobs, exc) from None
+        records = _inserted(queue, jobs, float(now), out)
+        self._stored(emit, records, stored)
+        return records
+
+    async def job_claim(
+        self, params: ClaimParams, *, emit: Emit[list[Claim]] | None = None
+    ) -> list[Claim]:
+        """Claim due jobs within the channel and queue limits: one script."""
+        queue = params.queue
+        self._claim_marks.claimed(queue, self._notified.get(queue, 0))
+        token = uuid.uuid4().hex  # one lease token per batch: (job id, token) fences
+        stored, out = await self._run(
+            "claim",
+            queue,
+            params.limit,
+            repr(params.lease),
+            token,
+            params.worker,
+            "" if params.channels is None else json.dumps(list(params.channels)),
+            "1" if emit else "0",
+            self.events_max,
+        )
+        claims = []
+        for fields in json.loads(out) if out != "{}" else ():  # Lua's empty table is "{}"
+            record = _job(queue, fields)
+            assert record.lease_expires_at is not None
+            claims.append(Claim(record, token, record.lease_expires_at, fields["was"]))
+        if claims:
+            self._stored(emit, claims, stored)
+        return claims
+
+    async def job_heartbeat_many(
+        self, queue: str, leases: Mapping[str, str], lease: float
+    ) -> Heartbeat:
+        """Extend the leases still ours and unexpired."""
+        if not leases:
+            return Heartbeat(frozenset(), frozenset())
+        pairs = [x for item in leases.items() for x in item]
+        kept, cancel = await self._run("heartbeat", queue, repr(lease), *pairs)
+        return Heartbeat(frozenset(kept), frozenset(cancel))
+
+    async def job_finish_many(
+        self, queue: str, finishes: Sequence[Finish], *, emit: Emit[FinishResult] | None = None
+    ) -> FinishResult:
+        """Apply each decision where its lease still matches, in one script."""
+        if not finishes:
+            return FinishResult([])
+        stored, states, changes = await self._run(
+            "finish",
+            queue,
+            "1" if emit else "0",
+            self.events_max,
+            json.dumps(_finish_args(finishes, emit)),
+        )
+        result = FinishResult([s or None for s in states], [_change(c) for c in changes])
+        self._stored(emit, result, stored)
+        return result
+
+    async def job_cancel(
+        self, queue: str, job_id: str, *, emit: Emit[CancelResult] | None = None
+    ) -> CancelResult:
+        """Cancel a job that has not started; flag a running one for its worker."""
+        stored, done, flat, changes = await self._run(
+            "cancel", queue, job_id, "1" if emit else "0", self.events_max
+        )
+        if not flat:
+            return CancelResult(None)
+        result = CancelResult(_record(queue, flat), bool(done), [_change(c) for c in changes])
+        self._stored(emit, result, stored)
+        return result
+
+    async def job_get(self, queue: str, job_id: str) -> JobRecord | None:
+        """One job, or None."""
+        fields = await (await self._ready()).hgetall(f"{self._base(queue)}:j:{job_id}")
+        if not fields:
+            return None
+        return _record(queue, [x for item in fields.items() for x in item])
+
+    async def job_list(
+        self, queue: str, *, state: str | None, channel: str | None, limit: int
+    ) -> list[JobRecord]:
+        """Newest first: a script looks at a span of jobs at a time, so a filter that
+        matches few jobs of a large queue never blocks the server for long."""
+        found: list[JobRecord] = []
+        start = 0
+        while len(found) < limit:
+            out, looked, span = await self._run(
+                "list", queue, state or "", channel or "", limit - len(found), start, _LIST_SPAN
+            )
+            found += [_record(queue, flat) for flat in out]
+            start += int(looked)
+            if int(span) < _LIST_SPAN:
+                break
+        return found
+
+    async def job_expired(self, queue: str, limit: int) -> list[JobRecord]:
+        """Running jobs past their lease or their max_processing."""
+        return [_record(queue, flat) for flat in await self._run("expired", queue, limit)]
+
+    async def job_release_due(
+        self, queue: str, *, emit: Emit[list[Change]] | None = None
+    ) -> list[Change]:
+        """waiting/retrying -> queued once due (and no parent is left to wait for)."""
+        stored, raw = await self._run("release", queue, "1" if emit else "0", self.events_max)
+        changes = [_change(c) for c in raw]
+        if changes:
+            self._stored(emit, changes, stored)
+        return changes
+
+    async def job_delete_finished(
+        self,
+        queue: str,
+        older_than: float,
+        *,
+        state: str | None = None,
+        emit: Emit[list[Change]] | None = None,
+    ) -> list[Change]:
+        """Delete jobs that ended long enough ago, a chunk per script."""
+        deleted: list[Change] = []
+        published: list[Event] = []
+        skip = 0
+        while True:
+            stored, raw, scanned, kept = await self._run(
+                "delete",
+                queue,
+                repr(older_than),
+                state or "",
+                "1" if emit else "0",
+                self.events_max,
+                _DELETE_CHUNK,
+                skip,
+            )
+            chunk = [_change(c) for c in raw]
+            deleted += chunk
+            if chunk and emit is not None:
+                part: Emit[list[Change]] = Emit(emit.make)
+                self._stored(part, chunk, stored)
+                published += part.stored
+            skip += int(kept)
+            if int(scanned) < _DELETE_CHUNK:
+                break
+        if emit is not None:
+            emit.stored = published
+        return deleted
+
+    async def pool_stats(self, queue: str) -> PoolSnapshot:
+        """Counts by state and channel, running jobs, limits: one consistent read."""
+        cc, running, qmax, pol = await self._run("stats", queue)
+        counts: dict[str, int] = {}
+        channels: dict[str, dict[str, int]] = {}
+        for field, value in _fields(cc).items():
+            n = int(value)
+            if n <= 0:
+                continue
+            state, _, channel = field.partition(":")
+            counts[state] = counts.get(state, 0) + n
+            channels.setdefault(channel, {})[state] = n
+        policies = {ch: _policy(text) for ch, text in _fields(pol).items()}
+        return PoolSnapshot(
+            counts,
+            channels,
+            [_record(queue, flat) for flat in running],
+            int(qmax) if qmax else None,
+            policies,
+        )
+
+    async def channel_policy_set(self, queue: str, channel: str, policy: ChannelPolicy) -> None:
+        """Set a channel's limits (read by the claim and enqueue scripts)."""
+        text = f"{_opt(policy.max_concurrency)}:{_opt(policy.max_size)}"
+        client = await self._ready()
+        await client.hset(f"{self._base(queue)}:pol", channel, text)
+        await client.publish(f"{self._base(queue)}:wake", "1")
+
+    async def channel_policy_clear(self, queue: str, channel: str) -> None:
+        """Remove a channel's limits."""
+        client = await self._ready()
+        await client.hdel(f"{self._base(queue)}:pol", channel)
+        await client.publish(f"{self._base(queue)}:wake", "1")
+
+    async def queue_limits_set(self, queue: str, max_concurrency: int | None) -> None:
+        """Cap the queue (None: no cap)."""
+        client = await self._ready()
+        key = f"{self._base(queue)}:qmax"
+        if max_concurrency is None:
+            await client.delete(key)
+        else:
+            await client.set(key, max_concurrency)
+        await client.publish(f"{self._base(queue)}:wake", "1")
+
+    # ── schedules ──────────────────────────────────────────────────────────
+    async def schedule_upsert(self, record: ScheduleRecord) -> None:
+        """Create or replace a schedule; the same spec declared again keeps its next run."""
+        fields = {
+            "channel": record.channel,
+            "name": record.name,
+            "spec": record.spec,
+            "task": record.task,
+            "payload": record.payload,
+            "priority": str(record.priority),
+            "max_attempts": str(record.max_attempts),
+            "max_processing": "" if record.max_processing is None else repr(record.max_processing),
+            "next_run": repr(record.next_run),
+        }
+        pairs = [x for item in fields.items() for x in item]
+        await self._run("schedule_upsert", record.queue, _sched_id(record), *pairs)
+
+    async def schedule_delete(self, queue: str, channel: str, name: str) -> bool:
+        """Remove a schedule; False if there was none."""
+        return bool(await self._run("schedule_delete", queue, f"{channel}\0{name}"))
+
+    async def schedule_list(self, queue: str) -> list[ScheduleRecord]:
+        """Every schedule of the queue."""
+        out = await self._run("schedules", queue, "", 1_000_000)
+        records = [_schedule(queue, flat) for flat in out]
+        return sorted(records, key=lambda r: (r.channel, r.name))
+
+    async def schedule_due(self, queue: str, limit: int) -> list[ScheduleRecord]:
+        """Schedules whose next run has come, soonest first."""
+        return [_schedule(queue, flat) for flat in await self._run("schedules", queue, "1", limit)]
+
+    async def schedule_fire(
+        self,
+        record: ScheduleRecord,
+        next_run: float,
+        job: NewJob,
+        *,
+        emit: Emit[JobRecord | None] | None = None,
+    ) -> JobRecord | None:
+        """Advance the schedule (compare-and-set on next_run) and insert its job: one script."""
+        probe: Emit[list[JobRecord]] | None = None
+        if emit is not None:
+            probe = Emit(lambda records: emit.make(records[0]))
+        detail = _insert_detail(record.queue, job, probe)
+        out = await self._run(
+            "schedule_fire",
+            record.queue,
+            _sched_id(record),
+            repr(record.next_run),
+            repr(next_run),
+            json.dumps([_new_job(job)]),
+            detail or "",
+            "1" if emit else "0",
+            self.events_max,
+        )
+        if out == 0:
+            return None
+        now, stored, inserted = out
+        fired = _inserted(record.queue, [job], float(now), inserted)[0]
+        self._stored(emit, fired, stored)
+        return fired
+
+    async def leader_try(self, queue: str, name: str, owner: str, ttl: float) -> bool:
+        """Take or renew a named lease."""
+        return bool(await self._run("leader", queue, name, owner, max(1, int(ttl * 1000))))
+
+    # ── events ─────────────────────────────────────────────────────────────
+    async def event_read(self, queue: str, after: int, limit: int) -> list[Event]:
+        """Events after ``after``, oldest first (from the queue's stream)."""
+        client = await self._ready()
+        entries = await client.xrange(f"{self._base(queue)}:ev", f"(0-{after}", "+", count=limit)
+        out: list[Event] = []
+        for _, fields in entries:  # one entry per step: its first number, time and events
+            seq, at = int(fields["f"]), float(fields["t"])
+            for raw in json.loads(fields["e"]):
+                if seq > after:
+                    out.append(_event(queue, raw, at, seq))
+                seq += 1
+            if len(out) >= limit:
+                break
+        return out[:limit]
+
+    async def event_last(self, queue: str) -> int:
+        """The newest event's number."""
+        value = await (await self._ready()).get(f"{self._base(queue)}:evn")
+        return int(value or 0)
+
+    async def event_since(self, queue: str, time: float) -> int:
+        """The newest event's number stored before ``time`` (0 if none)."""
+        return int(await self._run("event_since", queue, repr(time)))
+
+    async def event_trim(self, queue: str, older_than: float) -> int:
+        """Forget events older than ``older_than`` seconds (the newest stays)."""
+        return int(await self._run("event_trim", queue, repr(older_than)))
+
+    async def event_wait(self, queue: str, after: int, timeout: float) -> None:
+        """Return when an event after ``after`` was announced or stored, or at ``timeout``."""
+        if self._event_seen.get(queue, 0) > after:
+            return
+        waker = self._event_wakers.setdefault(queue, asyncio.Event())
+        waker.clear()
+        await self._subscribe(queue)
+        if await self.event_last(queue) > after:
+            return
+        await self._sleep_on(waker, timeout)
+
+    # ── wake-ups ───────────────────────────────────────────────────────────
+    async def work_wait(self, queue: str, timeout: float) -> None:
+        """Return on an announcement of work for ``queue`` since the last claim began,
+        or after ``timeout``."""
+        if await self._subscribe(queue):
+            return  # just subscribed: anything sent before was missed, so look again
+        if self._claim_marks.news(queue, self._notified.get(queue, 0)):
+            return
+        waker = self._work.setdefault(queue, asyncio.Event())
+        waker.clear()
+        await self._sleep_on(waker, timeout)
+
+    def work_notify(self, queue: str) -> None:
+        """Local enqueues need no extra wake-up: the script announced them (unless
+        pub/sub is down)."""
+        if not self._listening.is_set():
+            self._wake_work(queue)
+
+    def _wake_work(self, queue: str) -> None:
+        self._notified[queue] = self._notified.get(queue, 0) + 1
+        waker = self._work.get(queue)
+        if waker is not None:
+            waker.set()
+
+    def _wake_everyone(self) -> None:
+        for queue in list(self._work):
+            self._wake_work(queue)
+        for waker in self._event_wakers.values():
+            waker.set()
+
+    async def _sleep_on(self, waker: asyncio.Event, timeout: float) -> None:
+        if not self._listening.is_set():
+            timeout = min(timeout, self.poll_interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waker.wait(), timeout)
+
+    async def _subscribe(self, queue: str) -> bool:
+        """Follow ``queue``'s announcements; True when this call started following them."""
+        base = self._base(queue)
+        work, events = f"{base}:wake", f"{base}:evp"
+        if work in self._channels:
+            return False
+        self._channels[work] = (queue, "work")
+        self._channels[events] = (queue, "events")
+        confirmed = [self._subscribed.setdefault(ch, asyncio.Event()) for ch in (work, events)]
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+        elif self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.subscribe(work, events)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                for confirmation in confirmed:
+                    await confirmation.wait()
+        return True
+
+    async def _listen(self) -> None:
+        """Follow pub/sub on a dedicated connection; reconnect with back-off when it drops."""
+        pause = 0.05
+        while True:
+            client = await self._ready()
+            pubsub: Any = client.pubsub()
+            try:
+                first = list(self._channels)
+                await pubsub.subscribe(*first)
+                self._pubsub = pubsub
+                later = [ch for ch in self._channels if ch not in first]
+                if later:  # followed while the first SUBSCRIBE was on its way
+                    await pubsub.subscribe(*later)
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is not None:
+                        self._message(message)
+                        pause = 0.05
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                raise
+            except Exception as exc:
+                if self._listening.is_set():
+                    logger.warning("lost the pub/sub connection (%s); reconnecting", exc)
+            self._pubsub = None
+            self._listening.clear()
+            for confirmed in self._subscribed.values():
+                confirmed.clear()
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            self._wake_everyone()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+    def _message(self, message: Mapping[str, Any]) -> None:
+        channel = str(message.get("channel"))
+        kind = message.get("type")
+        if kind == "subscribe":
+            self._subscribed.setdefault(channel, asyncio.Event()).set()
+            if all(c.is_set() for c in self._subscribed.values()) and not self._listening.is_set():
+                self._listening.set()
+                self._wake_everyone()  # anything sent while we were away
+            return
+        if kind != "message" or channel not in self._channels:
+            return
+        queue, what = self._channels[channel]
+        if what == "work":
+            self._wake_work(queue)
+            return
+        with contextlib.suppress(ValueError, TypeError):
+            seq = int(message.get("data"))  # type: ignore[arg-type]
+            self._event_seen[queue] = max(self._event_seen.get(queue, 0), seq)
+        waker = self._event_wakers.get(queue)
+        if waker is not None:
+            waker.set()
+
+
+# ── helpers ─────────────────────────────────────────────────────────────────
+def _opt(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+def _policy(text: str) -> ChannelPolicy:
+    concurrency, _, size = text.partition(":")
+    return ChannelPolicy(int(concurrency) if concurrency else None, int(size) if size else None)
+
+
+def _sched_id(record: ScheduleRecord) -> str:
+    return f"{record.channel}\0{record.name}"
+
+
+def _schedule(queue: str, flat: Sequence[str]) -> ScheduleRecord:
+    f = _fields(flat)
+    return ScheduleRecord(
+        queue=queue,
+        channel=f["channel"],
+        name=f["name"],
+        spec=f["spec"],
+        task=f["task"],
+        payload=f["payload"],
+        priority=int(f["priority"]),
+        max_attempts=int(f["max_attempts"]),
+        max_processing=float(f["max_processing"]) if f.get("max_processing") else None,
+        next_run=float(f["next_run"]),
+        created_at=float(f.get("created_at", 0.0)),
+    )
+
+
+def _event(queue: str, raw: Sequence[Any], at: float, seq: int) -> Event:
+    kind, job_id, channel, task, attempt, worker, error, detail = raw
+    return Event(
+        EventType(kind),
+        job_id,
+        queue,
+        channel,
+        task,
+        int(attempt),
+        at,
+        worker or None,
+        error or None,
+        detail or None,
+        seq,
+    )
+
+
+def _insert_detail(queue: str, job: NewJob, emit: Emit[list[JobRecord]] | None) -> str | None:
+    """The ``detail`` the core's rule gives this step's enqueued events (a schedule's
+    tick names it), read off the core's events for a stand-in record."""
+    if emit is None:
+        return None
+    sample = JobRecord.new(queue, job, "queued", 0.0, 0.0)
+    for event in emit.make([sample]):
+        if event.type == EventType.ENQUEUED:
+            return event.detail
+    return None
+
+
+def _inserted(
+    queue: str, jobs: Sequence[NewJob], now: float, out: Sequence[Any]
+) -> list[JobRecord]:
+    records: list[JobRecord] = []
+    for job, row in zip(jobs, out, strict=True):
+        if row[0] == "=":
+            records.append(replace(records[int(row[1]) - 1], deduplicated=True))
+        elif row[0] == "~":
+            records.append(_record(queue, row[1:], deduplicated=True))
+        else:
+            state, run_at, parent, parent_state = row
+            doomed = (parent, parent_state) if parent else None
+            records.append(JobRecord.new(queue, job, state, now, float(run_at), doomed))
+    return records
+
+
+def _insert_error(queue: str, jobs: Sequence[NewJob], exc: ResponseError) -> Exception:
+    """The core's error for a refused batch (nothing of it was stored)."""
+    parts = str(exc).split("\t")
+    if parts[0] == "HPDUP":
+        return ValueError(f"job id {parts[1]!r} already exists in queue {queue!r}")
+    if parts[0] == "HPDEP":
+        job = jobs[int(parts[1]) - 1]
+        parent, state, started = parts[2], parts[3], parts[4] == "1"
+        found = None if not state else (state, 1.0 if started else None)
+        states: dict[str, tuple[str, float | None] | None] = {
+            p: ("waiting", None) for p in job.depends_on
+        }
+        states[parent] = found
+        parents_of(queue, replace(job, depends_on=(parent,)), states)
+    return exc
+
+
+def _finish_args(finishes: Sequence[Finish], emit: Emit[FinishResult] | None) -> list[list[Any]]:
+    """Each finish, with the job as its worker claimed it as the core's rule sees it: the
+    events of a refusal (one per finish) carry channel, task, attempt and worker."""
+    refusals: list[Event | None] = [None] * len(finishes)
+    if emit is not None:
+        made = emit.make(FinishResult([None] * len(finishes)))
+        if len(made) == len(finishes):
+            refusals = list(made)
+    out = []
+    for finish, refusal in zip(finishes, refusals, strict=True):
+        out.append(
+            [
+                finish.job_id,
+                finish.lease,
+                finish.state,
+                False if finish.result is None else finish.result,
+                False if finish.error is None else finish.error,
+                finish.delay,
+                finish.expired,
+                refusal.channel if refusal else "",
+                refusal.task if refusal else "",
+                refusal.attempt if refusal else 0,
+                (refusal.worker_id or False) if refusal else False,
+                (refusal.error or "") if refusal else "",
+                f"{finish.delay:g}s",
+            ]
+        )
+    return out
