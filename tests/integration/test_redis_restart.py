@@ -31,7 +31,6 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-import redis.exceptions
 
 import hydrapool as hp
 
@@ -263,12 +262,6 @@ async def test_a_killed_redis_keeps_every_acknowledged_enqueue_and_finish(
     assert all(p.poll() is None for p in procs.procs), procs.stderr()[-3000:]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="flaky (failed once in CI on a fresh clone, passed in 3 runs before): after the "
-    "restart the idle worker (idle_wait=120) sometimes does not take the new job within "
-    "10 s; to investigate (reconnect of the pub/sub listener vs the first failing claim)",
-)
 async def test_an_idle_worker_and_a_subscriber_follow_work_after_redis_restarts(
     server: Server, procs: Procs
 ) -> None:
@@ -292,15 +285,6 @@ async def test_an_idle_worker_and_a_subscriber_follow_work_after_redis_restarts(
     assert all(p.poll() is None for p in procs.procs), procs.stderr()[-3000:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=redis.exceptions.ConnectionError,
-    reason="queue.events() ends with redis.exceptions.ConnectionError when a read meets Redis "
-    "down (backend event_read, from queue/_stream.py's _fill), though docs/redis.md says a "
-    "disconnected subscriber catches up and docs/queue.md that streams end when the queue "
-    "is closed; workers ride the same outage out. on_event() subscriptions die of it "
-    "silently ('Task exception was never retrieved')",
-)
 async def test_an_event_stream_outlives_a_redis_restart(server: Server) -> None:
     queue = hp.Queue(server.url(), name=QUEUE)
     async with queue, queue.events(types={"enqueued"}) as stream:

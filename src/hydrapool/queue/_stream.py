@@ -31,6 +31,7 @@ logger = logging.getLogger("hydrapool.events")
 READ_BATCH = 500
 IDLE_WAIT = 1.0  # seconds between re-checks when nothing wakes a waiting stream
 EARLY_LIMIT = 10_000  # events kept for a stream that has not read yet
+OUTAGE_PAUSE_MAX = 2.0  # seconds between reads at most while the store is unreachable
 
 
 class EventStream:
@@ -50,6 +51,7 @@ class EventStream:
         self._ready: list[Event] = []
         self._early: list[Event] | None = []  # pushed before the cursor was fixed
         self._closed = False
+        self._failures = 0  # reads failed in a row (the store unreachable)
         self._wake = asyncio.Event()  # aclose() from another task
         self._epoch = queue._epoch
         self._closing = queue._closing  # this opening's: set once, never replaced
@@ -93,15 +95,22 @@ class EventStream:
     async def _fill(self) -> bool:
         """Read more; False once the queue is closing and everything stored was read."""
         backend = await self.queue._backend_ready()
-        if self._cursor is None:
+        if self._cursor is None:  # errors here reach the caller: the stream never started
             self._start(await backend.event_since(self.queue.name, self._since))
             return True
-        batch = await backend.event_read(self.queue.name, self._cursor, READ_BATCH)
+        # Noted before the read: a close() that comes during it may follow a step
+        # stored after the read began, which the next read will see.
+        closing = self._closing.is_set()
+        try:
+            batch = await backend.event_read(self.queue.name, self._cursor, READ_BATCH)
+        except Exception as exc:  # the store is unreachable: ride the outage out
+            return not closing and await self._outage(exc)
+        self._failures = 0
         if batch:
             self._cursor = batch[-1].seq
             self._ready = batch
             return True
-        if self._closing.is_set():
+        if closing:
             return False  # the queue is closing and this stream has read everything
         waits = [
             asyncio.ensure_future(backend.event_wait(self.queue.name, self._cursor, IDLE_WAIT)),
@@ -110,6 +119,23 @@ class EventStream:
         ]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        if waits[0].done() and not waits[0].cancelled() and waits[0].exception() is not None:
+            return await self._outage(waits[0].exception())
+        return True
+
+    async def _outage(self, exc: BaseException | None) -> bool:
+        """Log a failed read and pause (longer each time, up to OUTAGE_PAUSE_MAX seconds,
+        less if the queue closes or the stream is closed); True: read again."""
+        self._failures += 1
+        pause = min(0.05 * 2**self._failures, OUTAGE_PAUSE_MAX)
+        if self._failures == 1:
+            logger.warning("reading events failed (%s); retrying", exc)
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._closing, self._wake)]
+        try:
+            await asyncio.wait(waits, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waits:
                 waiter.cancel()

@@ -152,6 +152,10 @@ class Worker:
         try:
             while not self._stop.is_set():
                 claims = await self._claim_some(backend)
+                if claims is None:
+                    # It failed and backed off: claim again. Waiting for work instead
+                    # would sleep through a wake-up that came before the failure.
+                    continue
                 if not claims or len(self._running) >= self.concurrency:
                     await self._wait(full=len(self._running) >= self.concurrency)
         finally:
@@ -163,7 +167,8 @@ class Worker:
             self.queue._local_workers.discard(self)
             self._stop.clear()  # the worker may run again
 
-    async def _claim_some(self, backend: Any) -> list[Claim]:
+    async def _claim_some(self, backend: Any) -> list[Claim] | None:
+        """Claim what free slots allow and start it; None when the claim failed."""
         free = self.concurrency - len(self._running)
         if free <= 0:
             return []
@@ -175,7 +180,7 @@ class Worker:
             logger.exception("claiming jobs failed; retrying shortly")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 1.0)
-            return []
+            return None
         self.queue._published(emit.stored)
         for claim in claims:
             self._start(claim)
