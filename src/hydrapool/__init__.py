@@ -13,6 +13,7 @@ from hydrapool.exceptions import (
     Fail,
     HydrapoolError,
     JobFailed,
+    LeaseExpired,
     PayloadError,
     PoolClosed,
     PoolFull,
@@ -24,6 +25,7 @@ from hydrapool.queue.coordinator import Coordinator, CoordinatorReport
 from hydrapool.queue.events import Event, EventType
 from hydrapool.queue.external import Lease
 from hydrapool.queue.job import Job, JobState
+from hydrapool.queue.limiter import Limiter, LimiterStatistics, Permit
 from hydrapool.queue.queue import Channel, Queue, QueueSnapshot, Task, TaskCall
 from hydrapool.queue.schedules import Schedule
 from hydrapool.queue.worker import Worker, WorkerStatistics
@@ -72,8 +74,12 @@ __all__ = [
     "JobState",
     "JobStatistics",
     "Lease",
+    "LeaseExpired",
+    "Limiter",
+    "LimiterStatistics",
     "ManualClock",
     "PayloadError",
+    "Permit",
     "Pool",
     "PoolClosed",
     "PoolFull",

@@ -135,3 +135,8 @@ class ReportRefused(HydrapoolError):
         self.job_id = job_id
         self.reason = reason
         super().__init__(f"job {job_id}: report refused: {reason}")
+
+
+class LeaseExpired(HydrapoolError):
+    """A Limiter permit's lease ended before its release: others may have been let in
+    meanwhile (raised when an ``async with limiter.acquire()`` block ends)."""

@@ -14,6 +14,7 @@ agree on leases; durations (delays, leases) are passed as seconds.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
@@ -280,6 +281,51 @@ class PoolSnapshot:
     policies: Mapping[str, ChannelPolicy] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class LimitSpec:
+    """What a Limiter enforces on one key, sent with every call (nothing is stored).
+
+    ``limit``: at most this much weight held at once; ``rate``: at most ``rate[0]``
+    weight granted in any window of ``rate[1]`` seconds; ``lease``: seconds a grant
+    (and a waiter's place) lasts unless renewed.
+    """
+
+    name: str
+    key: str
+    limit: int | None
+    rate: tuple[int, float] | None
+    lease: float
+
+
+@dataclass(frozen=True, slots=True)
+class LimitTurn:
+    """What one ``limiter_acquire`` step found for a ticket.
+
+    ``token`` (a fencing number, rising per limiter key) and ``expires_at`` when the
+    ticket holds a grant. Otherwise ``ahead`` waiters come first and, when the
+    first waiter is held back only by the rate, ``retry_after`` says in how many
+    seconds it fits (None: it waits for a release). ``woken``: other tickets to
+    wake (promoted by this step, or now first in line).
+    """
+
+    token: int | None
+    expires_at: float | None
+    ahead: int
+    retry_after: float | None
+    woken: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LimitStats:
+    """One limiter key now: holders (count and weight), waiters, weight granted in the
+    current rate window (None without a rate)."""
+
+    holders: int
+    held: int
+    waiters: int
+    recent: int | None
+
+
 class Backend(Protocol):
     """Storage for durable queues. ``queue`` arguments namespace everything."""
 
@@ -410,3 +456,50 @@ class Backend(Protocol):
 
     def work_notify(self, queue: str) -> None:
         """Wake this process's ``work_wait`` callers (after a local enqueue)."""
+
+    # ── the distributed Limiter (see queue/limiter.py) ─────────────────────
+    # Each step is atomic and first *settles* the key: it drops holders and waiters
+    # whose lease ended (the backend's clock) and the rate log older than the window,
+    # then promotes waiters to holders from the front, first come first served, while
+    # the first one fits under ``limit`` and ``rate`` (a waiter that does not fit stops
+    # the promotion: nobody overtakes it). A step returns the tickets to wake: those
+    # it promoted, and the new first waiter when the front changed (it may have a
+    # rate wait to time).
+
+    async def limiter_acquire(
+        self, spec: LimitSpec, ticket: str, weight: int, wait: bool
+    ) -> LimitTurn:
+        """Settle; a new ``ticket`` joins the back of the line (and leaves it again at
+        once when ``wait`` is False and it was not granted); a waiting one has its place
+        renewed for ``spec.lease``. Returns the ticket's turn."""
+
+    async def limiter_renew(self, spec: LimitSpec, tokens: Sequence[int]) -> list[bool]:
+        """Extend the grants ``tokens`` by ``spec.lease``; False for a grant that ended
+        (expired, or released)."""
+
+    async def limiter_release(self, spec: LimitSpec, token: int) -> tuple[bool, tuple[str, ...]]:
+        """End the grant ``token`` (refused, False, when it already ended: fenced), settle,
+        and return the tickets to wake."""
+
+    async def limiter_cancel(self, spec: LimitSpec, ticket: str) -> tuple[str, ...]:
+        """The ticket's owner gave up: leave the line, or end its grant if it was promoted
+        meanwhile; settle and return the tickets to wake."""
+
+    async def limiter_stats(self, spec: LimitSpec) -> LimitStats:
+        """Count holders, waiters and the rate window, leaving out what has ended
+        (no promotion)."""
+
+    def limiter_watch(self, ticket: str) -> asyncio.Event:
+        """An event set whenever ``ticket`` may have been promoted or become first in
+        line (by any process, pushed where the backend can), until ``limiter_unwatch``."""
+
+    def limiter_unwatch(self, ticket: str) -> None:
+        """Stop watching ``ticket``."""
+
+    def limiter_woken(self, spec: LimitSpec, tickets: Sequence[str]) -> None:
+        """Tickets a step of this process returned: wake the watchers here, and tell
+        other processes where the step itself did not."""
+
+    limiter_poll: float
+    """Seconds a waiter first in line waits at most between checks (holders that died
+    send nothing; a backend that cannot push also relies on it)."""

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+from hydrapool.backends import _limits
 from hydrapool.backends._deps import Parents, initial_state, parents_of, with_aliases
 from hydrapool.backends._fair import Candidates, pick
 from hydrapool.backends.base import (
@@ -28,6 +29,9 @@ from hydrapool.backends.base import (
     FinishResult,
     Heartbeat,
     JobRecord,
+    LimitSpec,
+    LimitStats,
+    LimitTurn,
     NewJob,
     PoolSnapshot,
     ScheduleRecord,
@@ -39,6 +43,12 @@ WAITING_STATES = ("waiting", "queued", "retrying")  # not running, not ended
 TERMINAL_STATES = ("succeeded", "failed", "cancelled", "dropped")
 T = TypeVar("T")
 MAX_EVENTS = 100_000  # per queue: the oldest go first when no coordinator trims them
+
+
+# Limiter state is shared by every memory:// backend of this process with the same
+# URL (so several Limiter objects on "memory://" limit together); queues are not.
+_LIMITS: dict[str, dict[tuple[str, str], _limits.KeyState]] = {}
+_WATCHERS: dict[str, dict[str, asyncio.Event]] = {}
 
 
 def _change(job: JobRecord, new: str, **more: str | None) -> Change:
@@ -611,3 +621,52 @@ class MemoryBackend:
         event = self._wakers.get(queue)
         if event is not None:
             event.set()
+
+    # ── the Limiter (one process: the steps of backends/_limits.py, no awaits) ──
+    limiter_poll = 1.0
+
+    def _limit_key(self, spec: LimitSpec) -> _limits.KeyState:
+        keys = _LIMITS.setdefault(self.url, {})
+        state = keys.get((spec.name, spec.key))
+        if state is None:
+            state = keys[(spec.name, spec.key)] = _limits.KeyState()
+        return state
+
+    async def limiter_acquire(
+        self, spec: LimitSpec, ticket: str, weight: int, wait: bool
+    ) -> LimitTurn:
+        """One step on the key's state."""
+        return _limits.acquire(self._limit_key(spec), spec, ticket, weight, wait, time.time())
+
+    async def limiter_renew(self, spec: LimitSpec, tokens: Sequence[int]) -> list[bool]:
+        """Extend live grants."""
+        return _limits.renew(self._limit_key(spec), spec, tokens, time.time())
+
+    async def limiter_release(self, spec: LimitSpec, token: int) -> tuple[bool, tuple[str, ...]]:
+        """End a live grant (fenced)."""
+        done, woken = _limits.release(self._limit_key(spec), spec, token, time.time())
+        return done, tuple(woken)
+
+    async def limiter_cancel(self, spec: LimitSpec, ticket: str) -> tuple[str, ...]:
+        """Leave the line (or give back a grant that came meanwhile)."""
+        return tuple(_limits.cancel(self._limit_key(spec), spec, ticket, time.time()))
+
+    async def limiter_stats(self, spec: LimitSpec) -> LimitStats:
+        """Counts now."""
+        return _limits.stats(self._limit_key(spec), spec, time.time())
+
+    def limiter_watch(self, ticket: str) -> asyncio.Event:
+        """The ticket's wake-up event."""
+        return _WATCHERS.setdefault(self.url, {}).setdefault(ticket, asyncio.Event())
+
+    def limiter_unwatch(self, ticket: str) -> None:
+        """Forget the ticket's event."""
+        _WATCHERS.get(self.url, {}).pop(ticket, None)
+
+    def limiter_woken(self, spec: LimitSpec, tickets: Sequence[str]) -> None:
+        """Set the events of ``tickets`` (all waiters are in this process)."""
+        watchers = _WATCHERS.get(self.url, {})
+        for ticket in tickets:
+            event = watchers.get(ticket)
+            if event is not None:
+                event.set()

@@ -1,0 +1,386 @@
+"""Limiter: a concurrency and rate limit shared by every process that names it.
+
+``hp.Limiter(url, name, limit=10, rate=hp.RateLimit(500, per=60))`` caps, per
+key, how much weight is held at once (``limit``) and how much is granted in
+any window of ``per`` seconds (``rate``), across processes and hosts, through
+the same backends as the queue (see docs/limits.md).
+
+How a grant comes about (the backend's steps are in ``backends/base.py``):
+
+- ``acquire`` takes a ticket and joins the key's line. Each backend step first
+  settles the key (drops grants and places whose lease ended, promotes
+  waiters from the front while the first one fits), so grants go first come,
+  first served, and a newcomer never overtakes a waiter.
+- A release promotes the next waiters inside its own step and wakes exactly
+  them (pushed across processes on PostgreSQL and Redis). The first waiter
+  also re-checks every ``limiter_poll`` seconds, for holders that died, and
+  sleeps exactly the rate's "retry after" when only the rate holds it back.
+- Every grant carries a lease, renewed in the background while held, and a
+  fencing token: a release after the lease ended is refused, so it never
+  frees someone else's place. A waiter keeps its place by checking at least
+  every ``lease / 3`` seconds; a dead one is dropped when that lapses.
+- Giving up (timeout, cancellation) leaves the line in one step that also
+  gives back a grant that arrived meanwhile, so a cancelled waiter never
+  keeps a permit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import math
+import uuid
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
+
+from hydrapool.backends import backend_from_url
+from hydrapool.backends.base import Backend, LimitSpec, LimitTurn
+from hydrapool.exceptions import LeaseExpired
+from hydrapool.queue.queue import check_name
+from hydrapool.ratelimit import RateLimit
+
+__all__ = ["Limiter", "LimiterStatistics", "Permit"]
+
+logger = logging.getLogger("hydrapool.limiter")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+MAX_KEY = 500  # characters
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterStatistics:
+    """One key now: ``holders`` (and the weight they hold, ``held``), ``waiters``, and
+    ``recent``: the weight granted in the current rate window (None without a rate)."""
+
+    holders: int
+    held: int
+    waiters: int
+    recent: int | None
+
+
+@dataclass(eq=False, slots=True)
+class Permit:
+    """A grant: hold it, then ``await permit.release()`` (``async with`` does both)."""
+
+    limiter: Limiter
+    key: str | None
+    token: int
+    weight: int
+    lost: bool = field(default=False)
+    released: bool = field(default=False)
+    _spec: LimitSpec | None = field(default=None, repr=False)
+
+    async def release(self) -> bool:
+        """Give the place back; False when the lease had already ended (nothing freed)."""
+        return await self.limiter.release(self)
+
+
+class _Acquiring:
+    """What ``limiter.acquire()`` returns: await it for a Permit, or ``async with`` it."""
+
+    def __init__(self, limiter: Limiter, key: str | int | None, timeout: float | None, weight: int):
+        self._limiter, self._key, self._timeout, self._weight = limiter, key, timeout, weight
+        self._permit: Permit | None = None
+
+    def __await__(self) -> Generator[Any, None, Permit]:
+        return self._limiter._acquire(self._key, self._timeout, self._weight).__await__()
+
+    async def __aenter__(self) -> Permit:
+        self._permit = await self._limiter._acquire(self._key, self._timeout, self._weight)
+        return self._permit
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        permit, self._permit = self._permit, None
+        assert permit is not None
+        if await self._limiter.release(permit) or (permit.released and not permit.lost):
+            return
+        message = (
+            f"limiter {self._limiter.name!r} key {permit.key!r}: the permit's lease "
+            f"({self._limiter.lease:g} s) ended before its release, so others may have "
+            "been let in meanwhile (was the event loop blocked?)"
+        )
+        if exc_type is None:
+            raise LeaseExpired(message)
+        logger.warning("%s", message)
+
+
+class Limiter:
+    """At most ``limit`` held and ``rate`` granted per key, across every process.
+
+    ``url`` is a queue URL (``memory://``, ``sqlite:///…``, ``postgresql://…``,
+    ``redis://…``); every process using the same URL, ``name`` and settings
+    shares the limits. ``lease``: seconds a grant lasts if its holder dies.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        *,
+        limit: int | None = None,
+        rate: RateLimit | None = None,
+        lease: float = 30.0,
+    ) -> None:
+        self.name = check_name("limiter", name)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise TypeError(f"limit must be an int or None, got {limit!r}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1 (or None: no concurrency limit), got {limit!r}")
+        if rate is not None and not isinstance(rate, RateLimit):
+            raise TypeError(f"rate must be a hp.RateLimit or None, got {rate!r}")
+        if limit is None and rate is None:
+            raise ValueError("a Limiter needs limit=, rate= or both (got neither)")
+        if isinstance(lease, bool) or not isinstance(lease, (int, float)):
+            raise TypeError(f"lease must be a number of seconds, got {lease!r}")
+        if not (math.isfinite(lease) and lease >= 0.1):
+            raise ValueError(f"lease must be a finite number of seconds >= 0.1, got {lease!r}")
+        self.url = url
+        self.concurrency = limit  # (``limit`` names the decorator)
+        self.rate = rate
+        self.lease = float(lease)
+        self.backend: Backend = backend_from_url(url)
+        self._opened = False
+        self._opening = asyncio.Lock()
+        self._held: dict[int, Permit] = {}  # by id(permit)
+        self._renewer: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        return f"Limiter({self.name!r}, limit={self.concurrency!r}, rate={self.rate!r})"
+
+    # ── lifecycle ──────────────────────────────────────────────────────────
+    async def _ready(self) -> Backend:
+        if not self._opened:
+            async with self._opening:
+                if not self._opened:
+                    await self.backend.open()
+                    self._opened = True
+        return self.backend
+
+    async def close(self) -> None:
+        """Release what this object holds, stop renewing, close the connections."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+            self._renewer = None
+        for permit in list(self._held.values()):
+            with contextlib.suppress(Exception):
+                await self.release(permit)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._opened:
+            self._opened = False
+            await self.backend.close()
+
+    async def __aenter__(self) -> Limiter:
+        await self._ready()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ── checks ─────────────────────────────────────────────────────────────
+    def _spec(self, key: object) -> LimitSpec:
+        if key is None:
+            text = ""
+        elif isinstance(key, int) and not isinstance(key, bool):
+            text = str(key)
+        elif isinstance(key, str):
+            if not key or len(key) > MAX_KEY or "\0" in key:
+                raise ValueError(
+                    f"limiter key {key!r} is invalid: use 1-{MAX_KEY} characters without NUL "
+                    "(or None: one key for everyone)"
+                )
+            text = key
+        else:
+            raise TypeError(f"limiter key must be a str, an int or None, got {key!r}")
+        rate = None if self.rate is None else (self.rate.limit, float(self.rate.per))
+        return LimitSpec(self.name, text, self.concurrency, rate, self.lease)
+
+    def _weight(self, weight: object) -> int:
+        if isinstance(weight, bool) or not isinstance(weight, int):
+            raise TypeError(f"weight must be an int, got {weight!r}")
+        if weight < 1:
+            raise ValueError(f"weight must be >= 1, got {weight!r}")
+        rate = None if self.rate is None else self.rate.limit
+        for what, most in (("limit", self.concurrency), ("rate", rate)):
+            if most is not None and weight > most:
+                raise ValueError(
+                    f"weight {weight} is more than the limiter's {what} ({most}): "
+                    "it could never be granted"
+                )
+        return weight
+
+    # ── acquiring ──────────────────────────────────────────────────────────
+    def acquire(
+        self, key: str | int | None = None, *, timeout: float | None = None, weight: int = 1
+    ) -> _Acquiring:
+        """Wait for a place (first come, first served); ``async with`` releases it.
+
+        ``await limiter.acquire()`` returns the Permit instead (release it yourself).
+        ``timeout``: seconds to wait at most, then ``TimeoutError``.
+        """
+        self._spec(key)
+        self._weight(weight)
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+            if not (math.isfinite(timeout) and timeout >= 0):
+                raise ValueError(f"timeout must be a finite number >= 0, got {timeout!r}")
+        return _Acquiring(self, key, timeout, weight)
+
+    async def try_acquire(self, key: str | int | None = None, *, weight: int = 1) -> Permit | None:
+        """A Permit if one is free now and nobody waits before us, else None (never waits)."""
+        spec, weight = self._spec(key), self._weight(weight)
+        backend = await self._ready()
+        ticket = uuid.uuid4().hex
+        turn = await backend.limiter_acquire(spec, ticket, weight, False)
+        self._wake(backend, spec, turn)
+        return None if turn.token is None else self._granted(spec, key, turn, weight)
+
+    async def _acquire(self, key: str | int | None, timeout: float | None, weight: int) -> Permit:
+        spec = self._spec(key)
+        backend = await self._ready()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        ticket = uuid.uuid4().hex
+        woken = backend.limiter_watch(ticket)
+        turn: LimitTurn | None = None
+        try:
+            while True:
+                woken.clear()
+                turn = await backend.limiter_acquire(spec, ticket, weight, True)
+                self._wake(backend, spec, turn)
+                if turn.token is not None:
+                    return self._granted(spec, key, turn, weight)
+                pause = self._pause(backend, turn)
+                if deadline is not None:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        raise TimeoutError(
+                            f"limiter {self.name!r} key {key!r}: no place within {timeout:g} s "
+                            f"({turn.ahead} waiting before us)"
+                        )
+                    pause = min(pause, left)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), pause)
+        except BaseException:
+            if turn is None or turn.token is None:
+                # Leave the line; a grant that came meanwhile is given back.
+                task = asyncio.ensure_future(self._give_up(backend, spec, ticket))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.shield(task)
+            raise
+        finally:
+            backend.limiter_unwatch(ticket)
+
+    def _pause(self, backend: Backend, turn: LimitTurn) -> float:
+        pause = self.lease / 3  # a waiter keeps its place by checking in
+        if turn.ahead == 0:  # first: re-check for holders that died, time the rate
+            pause = min(pause, backend.limiter_poll)
+            if turn.retry_after is not None:
+                pause = min(pause, turn.retry_after)
+        return pause
+
+    async def _give_up(self, backend: Backend, spec: LimitSpec, ticket: str) -> None:
+        woken = await backend.limiter_cancel(spec, ticket)
+        if woken:
+            backend.limiter_woken(spec, woken)
+
+    @staticmethod
+    def _wake(backend: Backend, spec: LimitSpec, turn: LimitTurn) -> None:
+        if turn.woken:
+            backend.limiter_woken(spec, turn.woken)
+
+    def _granted(
+        self, spec: LimitSpec, key: str | int | None, turn: LimitTurn, weight: int
+    ) -> Permit:
+        assert turn.token is not None
+        permit = Permit(self, None if key is None else str(key), turn.token, weight, _spec=spec)
+        self._held[id(permit)] = permit
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
+        return permit
+
+    async def release(self, permit: Permit) -> bool:
+        """Give a permit back; False (nothing freed) when its lease had ended or it was
+        released already."""
+        if not isinstance(permit, Permit) or permit.limiter is not self:
+            raise TypeError(f"release takes a Permit of this limiter, got {permit!r}")
+        if permit.released:
+            return False
+        permit.released = True
+        self._held.pop(id(permit), None)
+        assert permit._spec is not None
+        backend = await self._ready()
+        done, woken = await backend.limiter_release(permit._spec, permit.token)
+        if woken:
+            backend.limiter_woken(permit._spec, woken)
+        if not done:
+            permit.lost = True
+        return done
+
+    async def _renew_loop(self) -> None:
+        """Renew every held permit each ``lease / 3`` seconds while any is held."""
+        while self._held:
+            await asyncio.sleep(self.lease / 3)
+            by_spec: dict[LimitSpec, list[Permit]] = {}
+            for permit in list(self._held.values()):
+                assert permit._spec is not None
+                by_spec.setdefault(permit._spec, []).append(permit)
+            for spec, permits in by_spec.items():
+                try:
+                    kept = await self.backend.limiter_renew(spec, [p.token for p in permits])
+                except Exception:
+                    logger.exception("renewing limiter %r permits failed; retrying", self.name)
+                    continue
+                for permit, alive in zip(permits, kept, strict=True):
+                    if not alive and not permit.released:
+                        permit.lost = True
+                        self._held.pop(id(permit), None)
+                        logger.warning(
+                            "limiter %r key %r: a permit's lease ended before renewal",
+                            self.name,
+                            permit.key,
+                        )
+
+    # ── helpers ────────────────────────────────────────────────────────────
+    def limit(
+        self,
+        key: str | int | Callable[..., str | int | None] | None = None,
+        *,
+        timeout: float | None = None,
+        weight: int = 1,
+    ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+        """Decorate an ``async def``: each call runs holding a place. ``key`` is a key, or a
+        function of the call's arguments returning one."""
+        if not callable(key):
+            self._spec(key)
+        self._weight(weight)
+
+        def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+            if not inspect.iscoroutinefunction(fn):
+                raise TypeError(f"limiter.limit decorates an async def function, got {fn!r}")
+
+            @functools.wraps(fn)
+            async def limited(*args: P.args, **kwargs: P.kwargs) -> R:
+                chosen = key(*args, **kwargs) if callable(key) else key
+                async with self.acquire(chosen, timeout=timeout, weight=weight):
+                    return await fn(*args, **kwargs)
+
+            return limited
+
+        return decorate
+
+    async def statistics(self, key: str | int | None = None) -> LimiterStatistics:
+        """Holders, held weight, waiters and the current rate window's grants of ``key``."""
+        spec = self._spec(key)
+        stats = await (await self._ready()).limiter_stats(spec)
+        return LimiterStatistics(stats.holders, stats.held, stats.waiters, stats.recent)
