@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 import hydrapool as hp
+from hydrapool.backends.base import LimitSpec
 
 
 def name() -> str:
@@ -35,7 +36,9 @@ async def limiters(url: str) -> AsyncIterator[list[hp.Limiter]]:
 
 async def wait_for_waiters(limiter: hp.Limiter, count: int, key: str | None = None) -> None:
     async with asyncio.timeout(10):
-        while (await limiter.statistics(key)).waiters != count:
+        while True:
+            if (await limiter.statistics(key)).waiters == count:
+                return
             await asyncio.sleep(0.005)
 
 
@@ -63,7 +66,9 @@ async def test_waiters_are_served_first_come_first_served(limiters: list[hp.Limi
     order: list[int] = []
 
     async def wait(i: int) -> None:
-        async with limiters[i % 3].acquire(timeout=30):
+        # Each needs the whole limit: grants come one at a time, so the order they are
+        # seen in is the order they were made in.
+        async with limiters[i % 3].acquire(timeout=30, weight=3):
             order.append(i)
             await asyncio.sleep(0.001)
 
@@ -121,7 +126,7 @@ async def test_a_release_hands_the_place_to_the_next_waiter(limiters: list[hp.Li
 
 async def test_a_timeout_raises_and_leaves_the_line(limiters: list[hp.Limiter]) -> None:
     held = await limiters[0].acquire(weight=3)
-    with pytest.raises(TimeoutError, match="no place within 0.2 s"):
+    with pytest.raises(TimeoutError, match=r"no place within 0\.2 s"):
         await limiters[1].acquire(timeout=0.2)
     assert (await limiters[0].statistics()).waiters == 0
     assert await held.release()
@@ -162,7 +167,7 @@ async def test_a_release_after_the_lease_ended_is_refused(url: str) -> None:
     other = hp.Limiter(url, shared, limit=1, lease=5.0)
     try:
         permit = await late.acquire()
-        time.sleep(0.3)  # a blocked event loop: the lease is not renewed and ends
+        time.sleep(0.3)  # noqa: ASYNC251 (a blocked event loop: the lease is not renewed and ends)
         mine = await other.acquire(timeout=10)
         assert not await permit.release()  # fenced: it must not free `mine`
         assert permit.lost
@@ -180,7 +185,7 @@ async def test_an_async_with_whose_lease_ended_raises_lease_expired(url: str) ->
     try:
         with pytest.raises(hp.LeaseExpired, match="ended before its release"):
             async with limiter.acquire():
-                time.sleep(0.3)
+                time.sleep(0.3)  # noqa: ASYNC251 (a blocked event loop)
                 await limiter.statistics()  # someone else's step drops the ended lease
     finally:
         await limiter.close()
@@ -236,7 +241,8 @@ async def test_the_rate_is_never_exceeded_in_any_window(url: str) -> None:
             assert sum(1 for u in times[i:] if u < t + 0.45) <= 4, times
         assert times[-1] - start >= 0.95  # three windows of four
         stats = await group[0].statistics()
-        assert stats.recent is not None and stats.recent <= 4
+        assert stats.recent is not None
+        assert stats.recent <= 4
     finally:
         for limiter in group:
             await limiter.close()
@@ -369,3 +375,28 @@ async def test_a_rate_weight_above_the_rate_is_refused(url: str) -> None:
     with pytest.raises(ValueError, match="weight 4 is more than the limiter's rate"):
         limiter.acquire(weight=4)
     await limiter.close()
+
+
+async def test_a_release_wakes_the_next_waiter_not_every_waiter(url: str) -> None:
+    """The backend step names whom to wake: the waiter it promoted and the new first in
+    line (which may have a rate wait to time), never the whole line."""
+    backend = hp.Limiter(url, name(), limit=1).backend  # the step level, below the Limiter
+    spec = LimitSpec(name(), "k", 1, None, 30.0)
+    await backend.open()
+    try:
+        tickets = [uuid.uuid4().hex for _ in range(6)]
+        first = await backend.limiter_acquire(spec, tickets[0], 1, True)
+        assert first.token is not None
+        for i, ticket in enumerate(tickets[1:]):
+            turn = await backend.limiter_acquire(spec, ticket, 1, True)
+            assert (turn.token, turn.ahead) == (None, i)
+        done, woken = await backend.limiter_release(spec, first.token)
+        assert done
+        assert set(woken) == {tickets[1], tickets[2]}
+        second = await backend.limiter_acquire(spec, tickets[1], 1, True)
+        assert second.token is not None
+        assert second.token > first.token  # fencing tokens rise
+        assert (await backend.limiter_acquire(spec, tickets[3], 1, True)).ahead == 1
+        assert await backend.limiter_release(spec, first.token) == (False, ())  # fenced
+    finally:
+        await backend.close()

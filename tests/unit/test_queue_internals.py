@@ -44,10 +44,11 @@ def test_every_named_query_is_used_and_every_used_name_exists() -> None:
 
 def test_every_postgres_query_is_used_and_every_used_name_exists() -> None:
     queries = load_queries("hydrapool.backends.postgres")
-    code = (SRC / "backends" / "postgres" / "backend.py").read_text()
+    code = "".join(p.read_text() for p in (SRC / "backends" / "postgres").glob("*.py"))
     used = set(re.findall(r'q\["([a-z_]+)"\]', code))
     used |= set(re.findall(r'_rows\(\s*"([a-z_]+)"', code))
     used |= set(re.findall(r'_write\(\s*"([a-z_]+)"', code))
+    used |= set(re.findall(r'_limit_step\(\s*spec,\s*"([a-z_]+)"', code))
     assert used == set(queries), f"unused: {set(queries) - used}; missing: {used - set(queries)}"
 
 

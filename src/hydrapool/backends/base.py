@@ -199,9 +199,12 @@ class Finish:
 
     ``state``: ``succeeded`` | ``retrying`` (due again after ``delay``) |
     ``failed`` | ``cancelled`` | ``queued`` (handed back: the attempt is
-    refunded). ``expired`` is True when the coordinator ends a job whose lease
-    ran out (then the lease must have expired); False for a worker's own report
-    (then the lease must still be valid: a late report is refused).
+    refunded; with ``pause`` > 0 — a task's ``hp.RetryAfter`` — its channel
+    also pauses, for every worker, until ``pause`` seconds from now, or later
+    if it was paused longer already). ``expired`` is True when the coordinator
+    ends a job whose lease ran out (then the lease must have expired); False for
+    a worker's own report (then the lease must still be valid: a late report is
+    refused).
     """
 
     job_id: str
@@ -211,6 +214,7 @@ class Finish:
     error: str | None = None
     delay: float = 0.0
     expired: bool = False
+    pause: float = 0.0  # > 0 with ``queued``: the job's channel claims nothing for this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,10 +268,12 @@ class Heartbeat:
 
 @dataclass(frozen=True, slots=True)
 class ChannelPolicy:
-    """Limits of one channel; None means unlimited."""
+    """Limits of one channel; None means unlimited. ``rate``: at most ``rate[0]`` job
+    starts (claims) in any window of ``rate[1]`` seconds."""
 
     max_concurrency: int | None = None
     max_size: int | None = None
+    rate: tuple[int, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +285,8 @@ class PoolSnapshot:
     running: Sequence[JobRecord]
     max_concurrency: int | None = None
     policies: Mapping[str, ChannelPolicy] = field(default_factory=dict)
+    rate: tuple[int, float] | None = None  # the queue's
+    paused: Mapping[str, float] = field(default_factory=dict)  # channel -> paused until
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,7 +363,12 @@ class Backend(Protocol):
     async def job_claim(
         self, params: ClaimParams, *, emit: Emit[list[Claim]] | None = None
     ) -> list[Claim]:
-        """Claim due jobs: priority first, then round-robin over channels, within limits."""
+        """Claim due jobs: priority first, then round-robin over channels, within limits.
+
+        Limits: the channel's and the queue's ``max_concurrency`` (jobs running),
+        their ``rate`` (claims in the last ``rate[1]`` seconds, counted from a log
+        of claim times the step keeps and prunes), and channel pauses.
+        """
 
     async def job_heartbeat_many(
         self, queue: str, leases: Mapping[str, str], lease: float
@@ -407,8 +420,11 @@ class Backend(Protocol):
     async def channel_policy_clear(self, queue: str, channel: str) -> None:
         """Remove a channel's limits."""
 
-    async def queue_limits_set(self, queue: str, max_concurrency: int | None) -> None:
-        """Cap how many jobs of the queue run at once (None: no cap)."""
+    async def queue_limits_set(
+        self, queue: str, max_concurrency: int | None, rate: tuple[int, float] | None = None
+    ) -> None:
+        """Cap how many jobs of the queue run at once, and how many start per window
+        (``rate``: (n, seconds)); None: no cap."""
 
     async def schedule_upsert(self, record: ScheduleRecord) -> None:
         """Create or replace a schedule (by queue, channel and name)."""

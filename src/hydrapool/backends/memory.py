@@ -51,6 +51,22 @@ _LIMITS: dict[str, dict[tuple[str, str], _limits.KeyState]] = {}
 _WATCHERS: dict[str, dict[str, asyncio.Event]] = {}
 
 
+def _room(data: _QueueData, channel: str | None, rate: tuple[int, float] | None, now: float) -> int:
+    """Starts a rate still allows now (pruning its log); a large number without a rate."""
+    if rate is None:
+        return 1 << 62
+    log = data.starts.setdefault(channel, deque())
+    while log and log[0] <= now - rate[1]:
+        log.popleft()
+    return rate[0] - len(log)
+
+
+def _pause(data: _QueueData, channel: str, until: float) -> None:
+    """Pause a channel until ``until`` (a longer pause already set stays)."""
+    if until > data.paused.get(channel, 0.0) and until > time.time():
+        data.paused[channel] = until
+
+
 def _change(job: JobRecord, new: str, **more: str | None) -> Change:
     return Change(job.id, job.channel, job.task, job.attempts, job.state, new, **more)
 
@@ -68,6 +84,9 @@ class _QueueData:
     children: dict[str, list[tuple[str, bool]]] = field(default_factory=dict)  # (child, cascade)
     events: deque[Event] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
     event_seq: int = 0
+    rate: tuple[int, float] | None = None
+    starts: dict[str | None, deque[float]] = field(default_factory=dict)  # None: the queue's
+    paused: dict[str, float] = field(default_factory=dict)  # channel -> until
 
 
 class MemoryBackend:
@@ -243,10 +262,15 @@ class MemoryBackend:
                 due.setdefault(job.channel, []).append((-job.priority, data.order[job.id], job.id))
         out = []
         for channel, jobs in due.items():
+            if data.paused.get(channel, 0.0) > now:
+                continue
             jobs.sort()
             policy = data.policies.get(channel)
             limit = policy.max_concurrency if policy else None
             capacity = None if limit is None else limit - running.get(channel, 0)
+            if policy is not None and policy.rate is not None:
+                room = _room(data, channel, policy.rate, now)
+                capacity = room if capacity is None else min(capacity, room)
             out.append(
                 Candidates(
                     channel,
@@ -272,12 +296,18 @@ class MemoryBackend:
         if data.max_concurrency is not None:
             running = sum(1 for j in data.jobs.values() if j.state == "running")
             slots = min(slots, data.max_concurrency - running)
+        slots = min(slots, _room(data, None, data.rate, now))
         if slots <= 0:
             return []
         chosen, served, data.counter = pick(
             self._candidates(data, params, now), slots, data.counter
         )
         data.last_served.update(served)
+        for channel, _ in chosen:
+            policy = data.policies.get(channel)
+            for which, rate in ((channel, policy.rate if policy else None), (None, data.rate)):
+                if rate is not None:
+                    data.starts.setdefault(which, deque()).append(now)
         claims = []
         expires = now + params.lease
         for _, job_id in chosen:
@@ -351,6 +381,7 @@ class MemoryBackend:
             changes.update(run_at=now + finish.delay, error=finish.error)
         elif finish.state == "queued":  # handed back: the attempt is refunded
             changes.update(attempts=job.attempts - 1, run_at=now, started_at=None)
+            _pause(data, job.channel, now + finish.pause)
             if job.dedup_key is not None and any(  # a twin took the key while it ran
                 t.dedup_key == job.dedup_key
                 and t.channel == job.channel
@@ -483,7 +514,10 @@ class MemoryBackend:
             per[job.state] = per.get(job.state, 0) + 1
             if job.state == "running":
                 running.append(job)
-        return PoolSnapshot(counts, channels, running, data.max_concurrency, dict(data.policies))
+        paused = {c: until for c, until in data.paused.items() if until > time.time()}
+        return PoolSnapshot(
+            counts, channels, running, data.max_concurrency, dict(data.policies), data.rate, paused
+        )
 
     async def channel_policy_set(self, queue: str, channel: str, policy: ChannelPolicy) -> None:
         """Set a channel's limits."""
@@ -493,9 +527,12 @@ class MemoryBackend:
         """Remove a channel's limits."""
         self._q(queue).policies.pop(channel, None)
 
-    async def queue_limits_set(self, queue: str, max_concurrency: int | None) -> None:
+    async def queue_limits_set(
+        self, queue: str, max_concurrency: int | None, rate: tuple[int, float] | None = None
+    ) -> None:
         """Cap the queue."""
         self._q(queue).max_concurrency = max_concurrency
+        self._q(queue).rate = rate
 
     # ── schedules ──────────────────────────────────────────────────────────
     async def schedule_upsert(self, record: ScheduleRecord) -> None:

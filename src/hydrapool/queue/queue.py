@@ -50,6 +50,7 @@ from hydrapool.queue._stream import EventStream, dispatch
 from hydrapool.queue.job import ACTIVE, TERMINAL, Job, JobState
 from hydrapool.queue.schedules import Schedule, next_run, spec_json
 from hydrapool.queue.schedules import snapshot as schedule_snapshot
+from hydrapool.ratelimit import RateLimit
 from hydrapool.retry import Backoff, Retry
 
 if TYPE_CHECKING:
@@ -76,6 +77,15 @@ def check_name(kind: str, name: object) -> str:
             "and _ . : - (not starting with . : or -)"
         )
     return name
+
+
+def _rate(rate: object) -> tuple[int, float] | None:
+    """A RateLimit as the backends store it: (starts, per seconds)."""
+    if rate is None:
+        return None
+    if not isinstance(rate, RateLimit):
+        raise TypeError(f"rate must be a hp.RateLimit or None, got {rate!r}")
+    return (rate.limit, float(rate.per))
 
 
 def _number(name: str, value: object, *, minimum: float = 0.0, allow_none: bool = True) -> Any:
@@ -226,7 +236,9 @@ class QueueSnapshot:
     channels: Mapping[str, Mapping[str, int]]
     running: list[Job]
     max_concurrency: int | None
-    policies: Mapping[str, ChannelPolicy]
+    policies: Mapping[str, ChannelPolicy]  # a policy's rate is (starts, per seconds)
+    rate: RateLimit | None = None  # the queue's
+    paused: Mapping[str, float] = field(default_factory=dict)  # channel -> until (epoch s)
 
     @property
     def pending(self) -> int:
@@ -386,12 +398,18 @@ class Channel:
         self.name = check_name("channel", name)
 
     async def set_policy(
-        self, *, max_concurrency: int | None = None, max_size: int | None = None
+        self,
+        *,
+        max_concurrency: int | None = None,
+        max_size: int | None = None,
+        rate: RateLimit | None = None,
     ) -> None:
-        """Limit the channel: jobs running at once, and jobs waiting (beyond: ``dropped``)."""
+        """Limit the channel: jobs running at once, jobs waiting (beyond: ``dropped``), and
+        job starts per window (``rate=hp.RateLimit(5, per=1.0)``), for every worker."""
         policy = ChannelPolicy(
             _count("max_concurrency", max_concurrency),
             _count("max_size", max_size, minimum=0),
+            _rate(rate),
         )
         await (await self.queue._backend_ready()).channel_policy_set(
             self.queue.name, self.name, policy
@@ -709,6 +727,8 @@ class Queue:
             [self._job(r) for r in snap.running],
             snap.max_concurrency,
             dict(snap.policies),
+            None if snap.rate is None else RateLimit(snap.rate[0], per=snap.rate[1]),
+            dict(snap.paused),
         )
 
     async def result(self, job_id: str, timeout: float | None = None) -> Any:
@@ -968,10 +988,13 @@ class Queue:
         backend = await self._backend_ready()
         return [schedule_snapshot(r) for r in await backend.schedule_list(self.name)]
 
-    async def set_limits(self, *, max_concurrency: int | None = None) -> None:
-        """Cap how many of this queue's jobs run at once, across every worker."""
+    async def set_limits(
+        self, *, max_concurrency: int | None = None, rate: RateLimit | None = None
+    ) -> None:
+        """Cap how many of this queue's jobs run at once, and how many start per window
+        (``rate=hp.RateLimit(100, per=60)``), across every worker."""
         await (await self._backend_ready()).queue_limits_set(
-            self.name, _count("max_concurrency", max_concurrency)
+            self.name, _count("max_concurrency", max_concurrency), _rate(rate)
         )
         self._notify()
 

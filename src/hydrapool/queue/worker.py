@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from typing import Any
 
 from hydrapool._callables import call_maybe_async
 from hydrapool.backends.base import Claim, ClaimParams, Emit, Finish, JobRecord
-from hydrapool.exceptions import Fail, PayloadError
+from hydrapool.exceptions import Fail, PayloadError, RetryAfter
 from hydrapool.queue import _signals
 from hydrapool.queue import events as ev
 from hydrapool.queue._reports import Stored, store_finishes
@@ -111,6 +112,7 @@ class Worker:
             None if channels is None else tuple(check_name("channel", c) for c in channels)
         )
         self.idle_wait = float(idle_wait)
+        self._resume_at = 0.0  # a channel this worker paused (hp.RetryAfter) resumes then
         self.handle_signals = handle_signals
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._coordinator = (
@@ -194,13 +196,21 @@ class Worker:
         ]
         if not full:
             waits.append(
-                asyncio.ensure_future(self.queue.backend.work_wait(self.queue.name, self.idle_wait))
+                asyncio.ensure_future(self.queue.backend.work_wait(self.queue.name, self._idle()))
             )
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waits:
                 waiter.cancel()
+
+    def _idle(self) -> float:
+        """How long to wait for work: ``idle_wait``, or less when a channel this worker
+        paused resumes sooner (nothing announces the end of a pause)."""
+        left = self._resume_at - time.time()
+        if left <= 0:
+            return self.idle_wait
+        return min(self.idle_wait, left + 0.01)  # (a hair after: clocks differ a little)
 
     async def _shut_down(self) -> None:
         running = [task for _, task in self._running.values()]
@@ -251,6 +261,10 @@ class Worker:
             if me is not None and me.cancelling():
                 raise  # the worker itself is being torn down
             self._failed(claim, exc, payload, task)  # the task raised it itself
+            return
+        except RetryAfter as exc:  # put back, attempt refunded; the channel pauses
+            self._report(job, Finish(job.id, claim.lease, "queued", pause=exc.seconds))
+            self._resume_at = max(self._resume_at, time.time() + exc.seconds)
             return
         except Exception as exc:
             self._failed(claim, exc, payload, task)

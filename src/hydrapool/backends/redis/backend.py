@@ -8,15 +8,19 @@ is one script from this package's ``*.lua`` files, with ``common.lua`` in
 front: a step and its events are one atomic write, and no limit is checked
 across round trips. Idle workers and event subscribers wake on pub/sub; the
 events themselves are kept in a capped stream, so a subscriber that was away
-catches up by number. See docs/redis.md.
+catches up by number. The Limiter's steps (``limiter*.lua``) keep each
+limiter under ``{prefix:L/name}`` and push wake-ups the same way. See
+docs/redis.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -40,6 +44,9 @@ from hydrapool.backends.base import (
     FinishResult,
     Heartbeat,
     JobRecord,
+    LimitSpec,
+    LimitStats,
+    LimitTurn,
     NewJob,
     PoolSnapshot,
     ScheduleRecord,
@@ -74,8 +81,41 @@ _SCRIPTS: dict[str, tuple[str, ...]] = {
     "event_since": (),
     "event_trim": (),
 }
+# The Limiter's steps start with limiter.lua instead of common.lua: they touch no queue.
+_LIMITER_SCRIPTS = (
+    "limiter_acquire",
+    "limiter_renew",
+    "limiter_release",
+    "limiter_cancel",
+    "limiter_stats",
+)
+# Limiter steps on their way at once, per backend: each holds one of the client's
+# connections (redis-py's pool refuses the 101st), and a crowd of waiters that start
+# together queues here instead, first come first served.
+_LIMITER_STEPS = 32
 _DELETE_CHUNK = 500
 _LIST_SPAN = 2000
+
+
+class _Watch:
+    """A Limiter ticket this process waits on: its event; the grant a wake-up brought
+    (token, lease end, when it was heard: ``time.monotonic()``); ``live``, set while the
+    watcher's subscription to the limiter's wake-ups is confirmed; ``heard``, resolved
+    when a grant comes while the ticket's step is on its way."""
+
+    __slots__ = ("grant", "heard", "live", "woken")
+
+    def __init__(self) -> None:
+        self.woken = asyncio.Event()
+        self.grant: tuple[int, float, float] | None = None
+        self.live: asyncio.Event | None = None
+        self.heard: asyncio.Future[None] | None = None
+
+
+# Limiter tickets watched in this process, by (event loop, server and prefix), shared by
+# all its Limiters on that Redis: a wake-up heard by any of them (a message, or a step's
+# reply) reaches every waiter here, and so does the grant it carries.
+_WATCHED: dict[tuple[int, str], dict[str, _Watch]] = {}
 
 
 def key_base(prefix: str, queue: str) -> str:
@@ -83,9 +123,18 @@ def key_base(prefix: str, queue: str) -> str:
     return "{" + prefix + ":" + queue + "}"
 
 
+def limiter_base(prefix: str, name: str) -> str:
+    """The hash-tagged start of every key of the limiter ``name`` (a queue's name has
+    no '/', so no limiter shares a queue's keys)."""
+    return "{" + prefix + ":L/" + name + "}"
+
+
 def _script(name: str) -> str:
     folder = resources.files("hydrapool.backends.redis")
-    parts = ("common", *_SCRIPTS[name], name)
+    if name in _LIMITER_SCRIPTS:
+        parts: tuple[str, ...] = ("limiter", name)
+    else:
+        parts = ("common", *_SCRIPTS[name], name)
     return "\n".join(folder.joinpath(f"{part}.lua").read_text("utf-8") for part in parts)
 
 
@@ -209,6 +258,11 @@ class RedisBackend:
         self._work: dict[str, asyncio.Event] = {}
         self._event_seen: dict[str, int] = {}
         self._event_wakers: dict[str, asyncio.Event] = {}
+        self._target = f"{self._redis_url}\0{self.prefix}"  # the server and prefix
+        self._following: dict[str, asyncio.Future[bool]] = {}  # limiter channel -> subscribing
+        self._steps: dict[int, asyncio.Future[Any]] = {}  # token -> its acquire step, unfinished
+        self._dropped = False  # pub/sub was lost since it last confirmed every channel
+        self._limit_slots: asyncio.Semaphore | None = None  # made by open(), on its loop
 
     def _base(self, queue: str) -> str:
         return key_base(self.prefix, queue)
@@ -225,7 +279,11 @@ class RedisBackend:
             except Exception:
                 await client.aclose()
                 raise
-            self._scripts = {name: client.register_script(_script(name)) for name in _SCRIPTS}
+            self._scripts = {
+                name: client.register_script(_script(name))
+                for name in (*_SCRIPTS, *_LIMITER_SCRIPTS)
+            }
+            self._limit_slots = asyncio.Semaphore(_LIMITER_STEPS)
             self._client = client
 
     async def close(self) -> None:
@@ -241,8 +299,14 @@ class RedisBackend:
         # Opened again, the backend follows its queues afresh.
         self._pubsub = None
         self._listening.clear()
+        self._dropped = False
         self._channels.clear()
+        for confirmed in self._subscribed.values():
+            confirmed.clear()  # limiter waiters watching here no longer count on messages
         self._subscribed.clear()
+        for following in self._following.values():
+            following.cancel()
+        self._following.clear()
 
     async def migrate(self) -> list[str]:
         """Redis keeps no schema: keys are made as they are used."""
@@ -441,7 +505,7 @@ class RedisBackend:
 
     async def pool_stats(self, queue: str) -> PoolSnapshot:
         """Counts by state and channel, running jobs, limits: one consistent read."""
-        cc, running, qmax, pol = await self._run("stats", queue)
+        cc, running, qmax, pol, qrate, paused = await self._run("stats", queue)
         counts: dict[str, int] = {}
         channels: dict[str, dict[str, int]] = {}
         for field, value in _fields(cc).items():
@@ -458,11 +522,16 @@ class RedisBackend:
             [_record(queue, flat) for flat in running],
             int(qmax) if qmax else None,
             policies,
+            _rate(qrate),
+            {ch: float(until) for ch, until in _fields(paused).items()},
         )
 
     async def channel_policy_set(self, queue: str, channel: str, policy: ChannelPolicy) -> None:
-        """Set a channel's limits (read by the claim and enqueue scripts)."""
+        """Set a channel's limits (read by the claim and enqueue scripts): "maxc:maxs", then
+        ":n:per" with a rate. A pause is kept apart (``:paused``): it stays."""
         text = f"{_opt(policy.max_concurrency)}:{_opt(policy.max_size)}"
+        if policy.rate is not None:
+            text += ":" + _rate_text(policy.rate)
         client = await self._ready()
         await client.hset(f"{self._base(queue)}:pol", channel, text)
         await client.publish(f"{self._base(queue)}:wake", "1")
@@ -473,15 +542,20 @@ class RedisBackend:
         await client.hdel(f"{self._base(queue)}:pol", channel)
         await client.publish(f"{self._base(queue)}:wake", "1")
 
-    async def queue_limits_set(self, queue: str, max_concurrency: int | None) -> None:
-        """Cap the queue (None: no cap)."""
+    async def queue_limits_set(
+        self, queue: str, max_concurrency: int | None, rate: tuple[int, float] | None = None
+    ) -> None:
+        """Cap the queue (None: no cap): ``:qmax`` and ``:qrate`` ("n:per"), set together."""
         client = await self._ready()
-        key = f"{self._base(queue)}:qmax"
-        if max_concurrency is None:
-            await client.delete(key)
-        else:
-            await client.set(key, max_concurrency)
-        await client.publish(f"{self._base(queue)}:wake", "1")
+        base = self._base(queue)
+        async with client.pipeline(transaction=True) as pipe:
+            for key, value in ((":qmax", _opt(max_concurrency)), (":qrate", _rate_text(rate))):
+                if value:
+                    pipe.set(base + key, value)
+                else:
+                    pipe.delete(base + key)
+            pipe.publish(f"{base}:wake", "1")
+            await pipe.execute()
 
     # ── schedules ──────────────────────────────────────────────────────────
     async def schedule_upsert(self, record: ScheduleRecord) -> None:
@@ -618,6 +692,9 @@ class RedisBackend:
             self._wake_work(queue)
         for waker in self._event_wakers.values():
             waker.set()
+        if self._dropped:  # (a limiter waiter follows its limiter before its first step)
+            for watch in self._watched().values():
+                watch.woken.set()
 
     async def _sleep_on(self, waker: asyncio.Event, timeout: float) -> None:
         if not self._listening.is_set():
@@ -628,17 +705,23 @@ class RedisBackend:
     async def _subscribe(self, queue: str) -> bool:
         """Follow ``queue``'s announcements; True when this call started following them."""
         base = self._base(queue)
-        work, events = f"{base}:wake", f"{base}:evp"
-        if work in self._channels:
+        return await self._follow(
+            {f"{base}:wake": (queue, "work"), f"{base}:evp": (queue, "events")}
+        )
+
+    async def _follow(self, channels: Mapping[str, tuple[str, str]]) -> bool:
+        """Subscribe to ``channels`` (each: (queue or limiter name, what it announces)) and
+        wait for the confirmations, 1 s at most; True when this call started following."""
+        new = {ch: what for ch, what in channels.items() if ch not in self._channels}
+        if not new:
             return False
-        self._channels[work] = (queue, "work")
-        self._channels[events] = (queue, "events")
-        confirmed = [self._subscribed.setdefault(ch, asyncio.Event()) for ch in (work, events)]
+        self._channels.update(new)
+        confirmed = [self._subscribed.setdefault(ch, asyncio.Event()) for ch in new]
         if self._listener is None or self._listener.done():
             self._listener = asyncio.get_running_loop().create_task(self._listen())
         elif self._pubsub is not None:
             with contextlib.suppress(Exception):
-                await self._pubsub.subscribe(work, events)
+                await self._pubsub.subscribe(*new)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(1.0):
                 for confirmation in confirmed:
@@ -672,6 +755,7 @@ class RedisBackend:
                     logger.warning("lost the pub/sub connection (%s); reconnecting", exc)
             self._pubsub = None
             self._listening.clear()
+            self._dropped = True
             for confirmed in self._subscribed.values():
                 confirmed.clear()
             with contextlib.suppress(Exception):
@@ -688,10 +772,14 @@ class RedisBackend:
             if all(c.is_set() for c in self._subscribed.values()) and not self._listening.is_set():
                 self._listening.set()
                 self._wake_everyone()  # anything sent while we were away
+                self._dropped = False
             return
         if kind != "message" or channel not in self._channels:
             return
         queue, what = self._channels[channel]
+        if what == "limiter":
+            self._wake_tickets(self._heard(str(message.get("data"))))
+            return
         if what == "work":
             self._wake_work(queue)
             return
@@ -702,15 +790,234 @@ class RedisBackend:
         if waker is not None:
             waker.set()
 
+    # ── the Limiter (see queue/limiter.py; the steps mirror backends/_limits.py) ──
+    limiter_poll = 1.0
+
+    async def _limit(self, script: str, spec: LimitSpec, *args: Any) -> Any:
+        """Run a Limiter step on ``spec``'s key: five keys under the limiter's hash tag,
+        then its wake channel and settings (see limiter.lua), then ``args``."""
+        await self._ready()
+        assert self._limit_slots is not None
+        base = limiter_base(self.prefix, spec.name)
+        keys = [f"{base}:{part}:{spec.key}" for part in ("s", "h", "w", "e", "r")]
+        rate = ("", "") if spec.rate is None else (str(spec.rate[0]), repr(spec.rate[1]))
+        head = [f"{base}:wake", _opt(spec.limit), *rate, repr(spec.lease)]
+        async with self._limit_slots:
+            return await self._scripts[script](keys=keys, args=[*head, *args])
+
+    async def _follow_limiter(self, name: str, ticket: str) -> None:
+        """Follow the limiter's wake-ups before a waiter's step runs, so a wake published
+        after the step is never missed. Waiters that start together share one
+        subscription, and each waits for its confirmation (1 s at most)."""
+        channel = limiter_base(self.prefix, name) + ":wake"
+        following = self._following.get(channel)
+        if following is None:
+            following = asyncio.ensure_future(self._follow({channel: (name, "limiter")}))
+            self._following[channel] = following
+        if not following.done():
+            try:
+                await asyncio.shield(following)
+            except asyncio.CancelledError:
+                if not following.cancelled():  # our caller's cancellation, not close()'s
+                    raise
+        watch = self._watched().get(ticket)
+        if watch is not None:
+            watch.live = self._subscribed.get(channel)
+
+    async def limiter_acquire(
+        self, spec: LimitSpec, ticket: str, weight: int, wait: bool
+    ) -> LimitTurn:
+        """Settle, then take a grant or a place in line: one script. A waiter whose grant
+        a wake-up brought (see ``_heard``) gets it without a step while it is fresh."""
+        granted = self._granted(spec, ticket)
+        if granted is not None:
+            return granted
+        if not wait:
+            return self._turn(await self._limit("limiter_acquire", spec, ticket, weight, "0"))
+        await self._follow_limiter(spec.name, ticket)
+        step = asyncio.ensure_future(self._limit("limiter_acquire", spec, ticket, weight, "1"))
+        watch = self._watched().get(ticket)
+        if watch is None:
+            return self._turn(await step)
+        return await self._step_or_grant(spec, ticket, watch, step)
+
+    async def _step_or_grant(
+        self, spec: LimitSpec, ticket: str, watch: _Watch, step: asyncio.Future[Any]
+    ) -> LimitTurn:
+        """The step's turn, or the grant a wake-up brings first. Wake-ups reach this
+        process in the order of the grants; the replies of steps on several connections
+        may not, so waiting for the reply could let a later grant be seen first. The
+        step then ends in the background, and a release or renewal of the grant waits
+        for it (it must not run after them)."""
+        heard = watch.heard = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait((step, heard), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            step.cancel()
+            raise
+        finally:
+            watch.heard = None
+        turn = self._turn(step.result()) if step.done() else None
+        if turn is not None and turn.token is not None:
+            watch.grant = None
+            return turn
+        granted = self._granted(spec, ticket)
+        if granted is None:
+            return turn if turn is not None else self._turn(await step)
+        if turn is not None:
+            return replace(granted, woken=turn.woken)
+        assert granted.token is not None
+        self._steps[granted.token] = step
+        step.add_done_callback(functools.partial(self._late_step, granted.token))
+        return granted
+
+    def _late_step(self, token: int, step: asyncio.Future[Any]) -> None:
+        """An acquire step whose waiter took the grant a wake-up brought ended: wake the
+        tickets it names that no message wakes (see ``limiter_woken``)."""
+        self._steps.pop(token, None)
+        if not step.cancelled() and step.exception() is None:
+            self._wake_unfollowed(self._turn(step.result()).woken)
+
+    async def _after_steps(self, tokens: Sequence[int]) -> None:
+        """Wait for the acquire steps still on their way for ``tokens``."""
+        steps = [step for token in tokens if (step := self._steps.get(token)) is not None]
+        if steps:
+            await asyncio.wait(steps)
+
+    def _turn(self, raw: Sequence[Any]) -> LimitTurn:
+        token, ends, ahead, retry, wake = raw
+        return LimitTurn(
+            None if token is None else int(token),
+            None if ends is None else float(ends),
+            int(ahead),
+            None if retry is None else float(retry),
+            self._heard(wake),
+        )
+
+    def _granted(self, spec: LimitSpec, ticket: str) -> LimitTurn | None:
+        """The grant a wake-up brought ``ticket`` (taken once), if heard less than a third
+        of a lease ago: then it surely still holds, and its renewals (every third of a
+        lease from now on) come in time. Older, the step asks the server again."""
+        watch = self._watched().get(ticket)
+        if watch is None or watch.grant is None:
+            return None
+        (token, ends, heard), watch.grant = watch.grant, None
+        if time.monotonic() - heard >= spec.lease / 3:
+            return None
+        return LimitTurn(token, ends, 0, None)
+
+    def _heard(self, wake: str) -> tuple[str, ...]:
+        """The tickets of a step's wake-up text ("<lease end> <ticket> <token> ...", token
+        0 for a ticket now first in line); keeps the grants of tickets watched here."""
+        if not wake:
+            return ()
+        fields = wake.split(" ")
+        ends, heard = float(fields[0]), time.monotonic()
+        watched = self._watched()
+        tickets = fields[1::2]
+        for ticket, token in zip(tickets, fields[2::2], strict=True):
+            watch = watched.get(ticket)
+            if watch is not None and token != "0":
+                watch.grant = (int(token), ends, heard)
+                if watch.heard is not None and not watch.heard.done():
+                    watch.heard.set_result(None)
+        return tuple(tickets)
+
+    async def limiter_renew(self, spec: LimitSpec, tokens: Sequence[int]) -> list[bool]:
+        """Extend the grants still held."""
+        if not tokens:
+            return []
+        await self._after_steps(tokens)
+        kept = await self._limit("limiter_renew", spec, *(str(t) for t in tokens))
+        return [bool(k) for k in kept]
+
+    async def limiter_release(self, spec: LimitSpec, token: int) -> tuple[bool, tuple[str, ...]]:
+        """End a grant (fenced), settle; the script has announced the tickets to wake."""
+        await self._after_steps((token,))
+        done, wake = await self._limit("limiter_release", spec, str(token))
+        return bool(done), self._heard(wake)
+
+    async def limiter_cancel(self, spec: LimitSpec, ticket: str) -> tuple[str, ...]:
+        """Leave the line or give back a grant that came meanwhile, settle."""
+        return self._heard(await self._limit("limiter_cancel", spec, ticket))
+
+    async def limiter_stats(self, spec: LimitSpec) -> LimitStats:
+        """Counts now, without what ended."""
+        holders, held, waiters, recent = await self._limit("limiter_stats", spec)
+        return LimitStats(
+            int(holders), int(held), int(waiters), None if recent is None else int(recent)
+        )
+
+    def _watched(self, *, keep: bool = False) -> dict[str, _Watch]:
+        """The tickets this process watches on this server and prefix (``keep``: store
+        the dict if it is new; an empty one is dropped on unwatch)."""
+        where = (id(asyncio.get_running_loop()), self._target)
+        watched = _WATCHED.get(where)
+        if watched is None:
+            watched = {}
+            if keep:
+                _WATCHED[where] = watched
+        return watched
+
+    def limiter_watch(self, ticket: str) -> asyncio.Event:
+        """The ticket's event, set by wake-ups from any process (see ``_message``)."""
+        watched = self._watched(keep=True)
+        watch = watched.get(ticket)
+        if watch is None:
+            watch = watched[ticket] = _Watch()
+        return watch.woken
+
+    def limiter_unwatch(self, ticket: str) -> None:
+        """Forget the ticket (and a grant heard for it)."""
+        watched = self._watched()
+        watched.pop(ticket, None)
+        if not watched:
+            _WATCHED.pop((id(asyncio.get_running_loop()), self._target), None)
+
+    def limiter_woken(self, spec: LimitSpec, tickets: Sequence[str]) -> None:
+        """The step's script published the tickets for every process, this one too: a
+        ticket whose watcher follows the wake-ups is woken by that message, so this
+        process wakes its waiters in the order they were granted (the replies of steps on
+        several connections may come back in any order). The others wake here."""
+        self._wake_unfollowed(tickets)
+
+    def _wake_unfollowed(self, tickets: Sequence[str]) -> None:
+        """Wake the tickets watched here whose wake-up message would not come."""
+        watched = self._watched()
+        for ticket in tickets:
+            watch = watched.get(ticket)
+            if watch is not None and (watch.live is None or not watch.live.is_set()):
+                watch.woken.set()
+
+    def _wake_tickets(self, tickets: Sequence[str]) -> None:
+        watched = self._watched()
+        for ticket in tickets:
+            watch = watched.get(ticket)
+            if watch is not None:
+                watch.woken.set()
+
 
 # ── helpers ─────────────────────────────────────────────────────────────────
 def _opt(value: int | None) -> str:
     return "" if value is None else str(value)
 
 
+def _rate_text(rate: tuple[int, float] | None) -> str:
+    """A rate as the scripts read it: "n:per" ('' for none)."""
+    return "" if rate is None else f"{int(rate[0])}:{float(rate[1])!r}"
+
+
+def _rate(text: str) -> tuple[int, float] | None:
+    n, _, per = text.partition(":")
+    return (int(n), float(per)) if n else None
+
+
 def _policy(text: str) -> ChannelPolicy:
-    concurrency, _, size = text.partition(":")
-    return ChannelPolicy(int(concurrency) if concurrency else None, int(size) if size else None)
+    concurrency, _, rest = text.partition(":")
+    size, _, rate = rest.partition(":")
+    return ChannelPolicy(
+        int(concurrency) if concurrency else None, int(size) if size else None, _rate(rate)
+    )
 
 
 def _sched_id(record: ScheduleRecord) -> str:
@@ -821,6 +1128,7 @@ def _finish_args(finishes: Sequence[Finish], emit: Emit[FinishResult] | None) ->
                 (refusal.worker_id or False) if refusal else False,
                 (refusal.error or "") if refusal else "",
                 f"{finish.delay:g}s",
+                finish.pause,
             ]
         )
     return out

@@ -1,11 +1,54 @@
 -- claim.lua: claim up to ARGV[1] due jobs for worker ARGV[4] under lease token ARGV[3]
 -- for ARGV[2] seconds: the highest priority first, then round-robin over channels (the
--- channel served least recently first), within channel and queue max_concurrency.
+-- channel served least recently first), within channel and queue max_concurrency and
+-- rate; paused channels are skipped.
 -- ARGV[5]: channels (JSON list) or ''; ARGV[6]: '1' to store events; ARGV[7]: stream cap.
+
+-- A rate's log: the claim times of the last ``per`` seconds, a sorted set scored by
+-- claim time (members "<time> <job id>"). Drop what left the window (time <= now - per)
+-- and return how many more may start now.
+local function room(key, n, per)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', f17(NOW - per))
+  return n - redis.call('ZCARD', key)
+end
+-- Log the starts of ``ids`` now; an idle log expires once its entries all have.
+local function log_starts(key, ids, per)
+  local now, args = f17(NOW), {}
+  for _, id in ipairs(ids) do
+    args[#args + 1] = now
+    args[#args + 1] = now .. ' ' .. id
+    if #args >= 1000 then
+      redis.call('ZADD', key, unpack(args))
+      args = {}
+    end
+  end
+  if #args > 0 then redis.call('ZADD', key, unpack(args)) end
+  if per < 1e9 then redis.call('PEXPIRE', key, string.format('%d', math.ceil(per * 1000) + 1000)) end
+end
+
 local slots = tonumber(ARGV[1])
-local qmax = redis.call('GET', B .. ':qmax')
-if qmax then slots = math.min(slots, tonumber(qmax) - redis.call('ZCARD', B .. ':lease')) end
+local limits = redis.call('MGET', B .. ':qmax', B .. ':qrate')
+if limits[1] then
+  slots = math.min(slots, tonumber(limits[1]) - redis.call('ZCARD', B .. ':lease'))
+end
+local qper = nil -- the queue's rate window, when it has a rate
+if limits[2] then
+  local n, per = string.match(limits[2], '^([^:]*):(.*)$')
+  qper = tonumber(per)
+  slots = math.min(slots, room(B .. ':rlq', tonumber(n), qper))
+end
 if slots <= 0 then return { { 0, f17(NOW), 0 }, '[]' } end
+
+-- Paused channels (a hand-back's pause): skipped until then. Ended pauses are dropped.
+local paused = {}
+local pauses = redis.call('HGETALL', B .. ':paused')
+for i = 1, #pauses, 2 do
+  if tonumber(pauses[i + 1]) > NOW then
+    paused[pauses[i]] = true
+  else
+    redis.call('HDEL', B .. ':paused', pauses[i])
+  end
+end
 
 -- Due delayed jobs (their delay or back-off is over) become claimable as they are: all
 -- of them, so a due job of a higher priority is never left behind (each moves once).
@@ -21,10 +64,14 @@ local filtered = ARGV[5] ~= ''
 local channels = filtered and cjson.decode(ARGV[5]) or redis.call('SMEMBERS', B .. ':chans')
 local cands, listed = {}, {}
 for _, ch in ipairs(channels) do
-  if not listed[ch] then
+  if not listed[ch] and not paused[ch] then
     listed[ch] = true
-    local maxc = policy(ch)
+    local maxc, _, rate_n, rate_per = policy(ch)
     local cap = maxc and (maxc - channel_count('running', ch)) or nil
+    if rate_n and (cap == nil or cap > 0) then
+      local left = room(B .. ':rl:' .. ch, rate_n, rate_per)
+      if cap == nil or left < cap then cap = left end
+    end
     if cap == nil or cap > 0 then
       local n = slots
       if cap and cap < n then n = cap end
@@ -33,7 +80,8 @@ for _, ch in ipairs(channels) do
         if not filtered then redis.call('SREM', B .. ':chans', ch) end
       else
         local served = tonumber(redis.call('HGET', B .. ':served', ch) or '0')
-        cands[#cands + 1] = { ch = ch, heads = heads, idx = 1, cap = cap, taken = 0, served = served }
+        cands[#cands + 1] = { ch = ch, heads = heads, idx = 1, cap = cap, taken = 0, served = served,
+          per = rate_n and rate_per }
       end
     end
   end
@@ -63,20 +111,24 @@ end
 if #chosen == 0 then return { { 0, f17(NOW), 0 }, '[]' } end
 redis.call('SET', B .. ':ctr', counter)
 -- The chosen jobs are each channel's heads, in order: pop them in one call per channel.
+local rated = {} -- channel -> the ids it starts, for channels with a rate
 for _, c in ipairs(cands) do
   if c.taken > 0 then
     redis.call('HSET', B .. ':served', c.ch, c.served)
     redis.call('ZPOPMIN', rkey(c.ch), c.taken)
     if redis.call('EXISTS', rkey(c.ch)) == 0 then redis.call('SREM', B .. ':chans', c.ch) end
+    if c.per then rated[c.ch] = {} end
   end
 end
 
 local token, worker = ARGV[3], ARGV[4]
 local expires = NOW + tonumber(ARGV[2])
 local started, until_ = f17(NOW), f17(expires)
-local out = {}
+local out, ids = {}, {}
 for _, pick in ipairs(chosen) do
   local id = string.sub(pick[2], RANK_WIDTH + 1)
+  ids[#ids + 1] = id
+  if rated[pick[1]] then table.insert(rated[pick[1]], id) end
   local job = job_get(id)
   local was = job.state
   local attempts = tonumber(job.attempts) + 1
@@ -99,5 +151,10 @@ for _, pick in ipairs(chosen) do
   job.order, job.parents_left, job.kids = nil, nil, nil
   out[#out + 1] = job
 end
+-- Every start counts in its channel's rate log and in the queue's.
+for _, c in ipairs(cands) do
+  if rated[c.ch] then log_starts(B .. ':rl:' .. c.ch, rated[c.ch], c.per) end
+end
+if qper then log_starts(B .. ':rlq', ids, qper) end
 local stored = step_done(ARGV[6], ARGV[7])
 return { stored, cjson.encode(out) }

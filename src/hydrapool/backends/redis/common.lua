@@ -195,12 +195,13 @@ local function resolve(parent_id, parent_state, has_kids)
   end
 end
 
--- Channel limits: max_concurrency, max_size (nil when unlimited).
+-- Channel limits: max_concurrency, max_size, and the rate (starts, per seconds), each
+-- nil when unlimited. Stored as "maxc:maxs", or "maxc:maxs:n:per" with a rate.
 local function policy(channel)
   local p = redis.call('HGET', B .. ':pol', channel)
-  if not p then return nil, nil end
-  local sep = string.find(p, ':', 1, true)
-  return tonumber(string.sub(p, 1, sep - 1)), tonumber(string.sub(p, sep + 1))
+  if not p then return nil, nil, nil, nil end
+  local maxc, maxs, n, per = string.match(p, '^([^:]*):([^:]*):?([^:]*):?(.*)$')
+  return tonumber(maxc), tonumber(maxs), tonumber(n), tonumber(per)
 end
 
 local function channel_count(state, channel)

@@ -2,9 +2,18 @@
 -- still matches (and is valid, or expired for a rescue); children of ended jobs follow.
 -- ARGV[1]: '1' to store events; ARGV[2]: stream cap; ARGV[3]: the finishes (JSON), each
 -- [id, lease, state, result|false, error|false, delay, expired, channel, task, attempt,
---  worker|false, refusal text, back-off text]: the job as its worker claimed it, and the
--- attempt its events carry, as the core's rule gave them.
+--  worker|false, refusal text, back-off text, pause]: the job as its worker claimed it,
+-- and the attempt its events carry, as the core's rule gave them. A hand-back's pause
+-- (> 0) pauses the job's channel until that long from now, unless it is paused longer.
 local ENDED_AS = { succeeded = 'succeeded', queued = 'requeued', cancelled = 'cancelled' }
+
+local function pause(channel, seconds)
+  local until_ = NOW + seconds
+  local was = redis.call('HGET', B .. ':paused', channel)
+  if not was or until_ > tonumber(was) then
+    redis.call('HSET', B .. ':paused', channel, f17(until_))
+  end
+end
 
 local function apply(f)
   local id, fstate = f[1], f[3]
@@ -33,6 +42,7 @@ local function apply(f)
     set('attempts', tonumber(job.attempts) - 1)
     set('run_at', f17(NOW))
     drops[#drops + 1] = 'started_at'
+    if f[14] > 0 then pause(job.channel, f[14]) end
     if job.dedup_key ~= nil then
       local field = dkey(job.channel, job.dedup_key)
       if redis.call('HEXISTS', B .. ':dedup', field) == 1 then -- a twin took the key meanwhile

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from hydrapool.backends import _limits
 from hydrapool.backends._deps import Parents, initial_state, parents_of, with_aliases
 from hydrapool.backends._fair import Candidates, pick
 from hydrapool.backends._sql import load_queries, migrations
@@ -40,11 +41,15 @@ from hydrapool.backends.base import (
     FinishResult,
     Heartbeat,
     JobRecord,
+    LimitSpec,
+    LimitStats,
+    LimitTurn,
     NewJob,
     PoolSnapshot,
     ScheduleRecord,
     stamp,
 )
+from hydrapool.backends.sqlite import limiter
 from hydrapool.queue.events import Event, EventType
 
 T = TypeVar("T")
@@ -101,6 +106,11 @@ class SqliteBackend:
         self._opened = False
         self._opening = asyncio.Lock()
         self._claimed_version: int | None = None
+        # Queue -> when its next channel pause ends, as the last claim that found
+        # nothing saw it: work_wait wakes then (nobody commits when a pause ends).
+        self._resume: dict[str, float | None] = {}
+        self._limit_watchers = limiter.Watchers(self.path)
+        self._limit_steps = limiter.Steps(self._run, self._limit_watchers)
 
     # ── the connection thread ──────────────────────────────────────────────
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -179,6 +189,8 @@ class SqliteBackend:
         """Close the connection and its thread."""
         if not self._opened:
             return
+        await self._limit_steps.stop()
+        self._limit_watchers.stop()
         self._opened = False
         assert self._executor is not None
         conn = self._conn
@@ -386,16 +398,17 @@ class SqliteBackend:
             self._claimed_version = _data_version(conn)
             limits = conn.execute(Q["queue_get"], q).fetchone()
             counter = limits["counter"] if limits else 0
-            slots = params.limit
-            if limits is not None and limits["max_concurrency"] is not None:
-                running = conn.execute(Q["queue_running"], q).fetchone()[0]
-                slots = min(slots, limits["max_concurrency"] - running)
+            slots = self._queue_slots(conn, params, limits, now)
             if slots <= 0:
                 return []
             was: dict[str, str] = {}
-            candidates = self._candidates(conn, params, now, slots, was)
+            rated: set[str] = set()  # candidate channels with a rate
+            candidates = self._candidates(conn, params, now, slots, was, rated)
             chosen, served, counter = pick(candidates, slots, counter)
             if not chosen:
+                self._resume[params.queue] = conn.execute(
+                    Q["pause_next"], {**q, "now": now}
+                ).fetchone()[0]
                 return []
             # One lease token for the batch: the (job id, token) pair is what fences.
             token = uuid.uuid4().hex
@@ -420,8 +433,27 @@ class SqliteBackend:
             for channel, mark in served.items():
                 conn.execute(Q["channel_served"], {**q, "channel": channel, "mark": mark})
             conn.execute(Q["queue_counter_set"], {**q, "counter": counter})
+            queue_rated = limits is not None and limits["rate_n"] is not None
+            if rated or queue_rated:
+                _log_starts(conn, params.queue, claims, rated, queue_rated, now)
             self._emit(conn, params.queue, emit, claims, now)
             return claims
+
+    @staticmethod
+    def _queue_slots(
+        conn: sqlite3.Connection, params: ClaimParams, limits: sqlite3.Row | None, now: float
+    ) -> int:
+        """How many jobs the queue's max_concurrency and rate let this claim take."""
+        slots = params.limit
+        if limits is None:
+            return slots
+        if limits["max_concurrency"] is not None:
+            running = conn.execute(Q["queue_running"], {"queue": params.queue}).fetchone()[0]
+            slots = min(slots, limits["max_concurrency"] - running)
+        if slots > 0 and limits["rate_n"] is not None:
+            room = _room(conn, params.queue, "", limits["rate_n"], limits["rate_per"], now)
+            slots = min(slots, room)
+        return slots
 
     def _candidates(
         self,
@@ -430,17 +462,23 @@ class SqliteBackend:
         now: float,
         slots: int,
         was: dict[str, str],
+        rated: set[str],
     ) -> list[Candidates]:
         q = {"queue": params.queue}
         running = dict(conn.execute(Q["channel_running"], q).fetchall())
         wanted = None if params.channels is None else set(params.channels)
         out = []
+        # Paused channels are not listed (channel_meta).
         for meta in conn.execute(Q["channel_meta"], {**q, "now": now}).fetchall():
             channel = meta["channel"]
             if wanted is not None and channel not in wanted:
                 continue
             limit = meta["max_concurrency"]
             capacity = None if limit is None else limit - running.get(channel, 0)
+            if meta["rate_n"] is not None and (capacity is None or capacity > 0):
+                rated.add(channel)
+                room = _room(conn, params.queue, channel, meta["rate_n"], meta["rate_per"], now)
+                capacity = room if capacity is None else min(capacity, room)
             if capacity is not None and capacity <= 0:
                 continue
             take = slots if capacity is None else min(slots, capacity)
@@ -494,27 +532,9 @@ class SqliteBackend:
         finishes: Sequence[Finish],
         emit: Emit[FinishResult] | None,
     ) -> FinishResult:
-        groups: dict[str, list[dict[str, Any]]] = {"end": [], "retry": [], "hand_back": []}
-        for f in finishes:
-            if f.state in _TERMINAL:
-                kind = "end"
-            elif f.state == "retrying":
-                kind = "retry"
-            elif f.state == "queued":
-                kind = "hand_back"
-            else:
-                raise ValueError(f"cannot finish a job as {f.state!r}")
-            groups[kind].append(
-                {
-                    "id": f.job_id,
-                    "lease": f.lease,
-                    "state": f.state,
-                    "result": f.result,
-                    "error": f.error,
-                    "delay": f.delay,
-                    "expired": int(f.expired),
-                }
-            )
+        groups = _finish_groups(finishes)
+        # Hand-backs that pause their channel (hp.RetryAfter): job id -> seconds.
+        pauses = {f.job_id: f.pause for f in finishes if f.state == "queued" and f.pause > 0}
         applied: dict[str, str] = {}
         with self._write(conn) as now:
             for kind, batch in groups.items():
@@ -524,6 +544,8 @@ class SqliteBackend:
                         {"queue": queue, "now": now, "batch": json.dumps(batch)},
                     ).fetchall()
                     applied.update((row[0], row[1]) for row in rows)
+                    if kind == "hand_back" and pauses:  # only those applied (fenced)
+                        _pause(conn, queue, rows, pauses, now)
             ended = [(job_id, state) for job_id, state in applied.items() if state in _TERMINAL]
             changes = self._resolve(conn, queue, ended, now)
             # One statement per kind of outcome; a worker reports a job once per claim.
@@ -625,7 +647,7 @@ class SqliteBackend:
                     Q["job_delete_finished"],
                     {"queue": queue, "cutoff": now - older_than, "state": state},
                 ).fetchall()
-                conn.execute(Q["channel_prune"], {"queue": queue})
+                conn.execute(Q["channel_prune"], {"queue": queue, "now": now})
                 deleted = [Change(i, c, t, a, old, "deleted") for i, c, t, a, old in rows]
                 self._emit(conn, queue, emit, deleted, now)
             return deleted
@@ -645,11 +667,14 @@ class SqliteBackend:
             running = [_record(r) for r in conn.execute(Q["stats_running"], q)]
             limits = conn.execute(Q["queue_get"], q).fetchone()
             policies = {
-                r["channel"]: ChannelPolicy(r["max_concurrency"], r["max_size"])
+                r["channel"]: ChannelPolicy(r["max_concurrency"], r["max_size"], _rate(r))
                 for r in conn.execute(Q["stats_policies"], q)
             }
-            cap = limits["max_concurrency"] if limits else None
-            return PoolSnapshot(counts, channels, running, cap, policies)
+            paused = dict(conn.execute(Q["stats_paused"], {**q, "now": time.time()}).fetchall())
+            if limits is None:
+                return PoolSnapshot(counts, channels, running, None, policies, None, paused)
+            cap, rate = limits["max_concurrency"], _rate(limits)
+            return PoolSnapshot(counts, channels, running, cap, policies, rate, paused)
 
         return await self._run(stats)
 
@@ -660,6 +685,7 @@ class SqliteBackend:
             "channel": channel,
             "max_concurrency": policy.max_concurrency,
             "max_size": policy.max_size,
+            **_rate_params(policy.rate),
         }
         await self._write_one(Q["channel_policy_set"], params)
 
@@ -667,11 +693,12 @@ class SqliteBackend:
         """Remove a channel's limits."""
         await self._write_one(Q["channel_policy_clear"], {"queue": queue, "channel": channel})
 
-    async def queue_limits_set(self, queue: str, max_concurrency: int | None) -> None:
-        """Cap the queue."""
-        await self._write_one(
-            Q["queue_limits_set"], {"queue": queue, "max_concurrency": max_concurrency}
-        )
+    async def queue_limits_set(
+        self, queue: str, max_concurrency: int | None, rate: tuple[int, float] | None = None
+    ) -> None:
+        """Cap the queue: jobs running at once, and starts per window."""
+        params = {"queue": queue, "max_concurrency": max_concurrency, **_rate_params(rate)}
+        await self._write_one(Q["queue_limits_set"], params)
 
     async def _write_one(self, sql: str, params: dict[str, Any]) -> None:
         def write(conn: sqlite3.Connection) -> None:
@@ -843,10 +870,14 @@ class SqliteBackend:
 
     # ── wake-ups ───────────────────────────────────────────────────────────
     async def work_wait(self, queue: str, timeout: float) -> None:
-        """Return on a local enqueue, a commit by another process, or the timeout."""
+        """Return on a local enqueue, a commit by another process, the end of a channel
+        pause the last empty claim saw, or the timeout."""
         event = self._wakers.setdefault(queue, asyncio.Event())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        resume = self._resume.get(queue)
+        if resume is not None and resume > time.time():  # a paused channel may claim then
+            deadline = min(deadline, loop.time() + resume - time.time() + 0.001)
         seen = self._claimed_version
         if seen is None:
             seen = await self._run(_data_version)
@@ -869,6 +900,73 @@ class SqliteBackend:
         if event is not None:
             event.set()
 
+    # ── the Limiter (sqlite/limiter.py: the steps of _limits on stored rows) ─
+    limiter_poll = 0.5
+    """Other processes' commits reach waiters within a few milliseconds (the checker
+    of limiter.Watchers); this re-check only finds holders that died (their lease
+    ended, nobody released) and costs the first waiter one small write each time."""
+
+    async def limiter_acquire(
+        self, spec: LimitSpec, ticket: str, weight: int, wait: bool
+    ) -> LimitTurn:
+        """Settle, join or keep the ticket's place, promote: one step (see limiter.Steps);
+        none when another step or the wake-up check found the ticket's grant already
+        (limiter.Watchers.offer)."""
+        read_first, turn = self._limit_watchers.joining(ticket, spec, weight)
+        if turn is None:
+            turn = await self._limit_steps.step(
+                spec,
+                lambda conn, loaded, now: limiter.acquire(
+                    conn, loaded, now, spec, ticket, weight, wait
+                ),
+                ticket,
+                read_first=read_first,
+            )
+        self._limit_watchers.saw(ticket, turn)
+        return turn
+
+    async def limiter_renew(self, spec: LimitSpec, tokens: Sequence[int]) -> list[bool]:
+        """Extend the live grants: one step."""
+        return await self._limit_steps.step(
+            spec, lambda _, loaded, now: _limits.renew(loaded.state, spec, tokens, now), urgent=True
+        )
+
+    async def limiter_release(self, spec: LimitSpec, token: int) -> tuple[bool, tuple[str, ...]]:
+        """End a live grant (fenced), settle: one step."""
+        done, woken = await self._limit_steps.step(
+            spec,
+            lambda _, loaded, now: _limits.release(loaded.state, spec, token, now),
+            urgent=True,
+        )
+        return done, tuple(woken)
+
+    async def limiter_cancel(self, spec: LimitSpec, ticket: str) -> tuple[str, ...]:
+        """Leave the line, or give back a grant that came meanwhile: one step."""
+        woken = await self._limit_steps.step(
+            spec,
+            lambda _, loaded, now: _limits.cancel(loaded.state, spec, ticket, now),
+            ticket,
+            urgent=True,
+        )
+        return tuple(woken)
+
+    async def limiter_stats(self, spec: LimitSpec) -> LimitStats:
+        """Counts now, read only (one read transaction; nothing is written back)."""
+        return await self._run(lambda conn: limiter.stats(conn, spec))
+
+    def limiter_watch(self, ticket: str) -> asyncio.Event:
+        """The ticket's event (other processes' commits reach it through the checker)."""
+        return self._limit_watchers.watch(ticket)
+
+    def limiter_unwatch(self, ticket: str) -> None:
+        """Forget the ticket's event."""
+        self._limit_watchers.unwatch(ticket)
+
+    def limiter_woken(self, spec: LimitSpec, tickets: Sequence[str]) -> None:
+        """Wake those of ``tickets`` watched here (or by another backend of this process on
+        the same file); other processes' checkers see the commit."""
+        self._limit_watchers.wake(tickets)
+
 
 def _event(row: sqlite3.Row) -> Event:
     return Event(
@@ -884,6 +982,93 @@ def _event(row: sqlite3.Row) -> Event:
         row["detail"],
         row["seq"],
     )
+
+
+def _finish_groups(finishes: Sequence[Finish]) -> dict[str, list[dict[str, Any]]]:
+    """The finishes by statement (see _FINISH_SQL), as each one's JSON batch rows."""
+    groups: dict[str, list[dict[str, Any]]] = {"end": [], "retry": [], "hand_back": []}
+    for f in finishes:
+        if f.state in _TERMINAL:
+            kind = "end"
+        elif f.state == "retrying":
+            kind = "retry"
+        elif f.state == "queued":
+            kind = "hand_back"
+        else:
+            raise ValueError(f"cannot finish a job as {f.state!r}")
+        groups[kind].append(
+            {
+                "id": f.job_id,
+                "lease": f.lease,
+                "state": f.state,
+                "result": f.result,
+                "error": f.error,
+                "delay": f.delay,
+                "expired": int(f.expired),
+            }
+        )
+    return groups
+
+
+def _room(
+    conn: sqlite3.Connection, queue: str, channel: str, n: int, per: float, now: float
+) -> int:
+    """Starts a rate (n per ``per`` seconds) still allows now; drops what left its window.
+    Channel '': the queue's rate."""
+    params = {"queue": queue, "channel": channel}
+    conn.execute(Q["rate_prune"], {**params, "cutoff": now - per})
+    return n - int(conn.execute(Q["rate_count"], params).fetchone()[0])
+
+
+def _log_starts(
+    conn: sqlite3.Connection,
+    queue: str,
+    claims: Sequence[Claim],
+    rated: set[str],
+    queue_rated: bool,
+    now: float,
+) -> None:
+    """Count this step's claims in the logs of the rates they fall under."""
+    counts: dict[str, int] = {}
+    for claim in claims:
+        if claim.job.channel in rated:
+            counts[claim.job.channel] = counts.get(claim.job.channel, 0) + 1
+    if queue_rated and claims:
+        counts[""] = len(claims)
+    conn.executemany(Q["rate_log"], [(queue, c, now, n) for c, n in counts.items()])
+
+
+def _pause(
+    conn: sqlite3.Connection,
+    queue: str,
+    rows: Sequence[sqlite3.Row],
+    pauses: Mapping[str, float],
+    now: float,
+) -> None:
+    """Pause the channels of the applied hand-backs (``rows``: id, state, channel) that
+    asked for it, each until that long from now unless it is paused longer already."""
+    conn.executemany(
+        Q["channel_pause"],
+        [
+            {"queue": queue, "channel": row[2], "until": now + pauses[row[0]]}
+            for row in rows
+            if row[0] in pauses
+        ],
+    )
+
+
+def _rate(row: sqlite3.Row) -> tuple[int, float] | None:
+    """A stored rate (columns rate_n, rate_per) as (n, per seconds), or None."""
+    if row["rate_n"] is None:
+        return None
+    return int(row["rate_n"]), float(row["rate_per"])
+
+
+def _rate_params(rate: tuple[int, float] | None) -> dict[str, Any]:
+    """A rate as the columns rate_n, rate_per store it."""
+    if rate is None:
+        return {"rate_n": None, "rate_per": None}
+    return {"rate_n": rate[0], "rate_per": float(rate[1])}
 
 
 def _data_version(conn: sqlite3.Connection) -> int:

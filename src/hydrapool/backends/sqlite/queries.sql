@@ -69,9 +69,10 @@ WHERE queue = :queue AND channel = :channel AND state IN ('waiting', 'queued', '
 SELECT max_concurrency, max_size FROM hydrapool_channels WHERE queue = :queue AND channel = :channel;
 
 -- name: channel_meta
--- Only channels with a due job (one index probe each, inside SQLite).
-SELECT c.channel, c.max_concurrency, c.last_served FROM hydrapool_channels AS c
-WHERE c.queue = :queue
+-- Only channels not paused with a due job (one index probe each, inside SQLite).
+SELECT c.channel, c.max_concurrency, c.last_served, c.rate_n, c.rate_per
+FROM hydrapool_channels AS c
+WHERE c.queue = :queue AND c.paused_until <= :now
   AND EXISTS (
       SELECT 1 FROM hydrapool_jobs AS j INDEXED BY hydrapool_jobs_head
       WHERE j.queue = c.queue AND j.channel = c.channel
@@ -80,9 +81,10 @@ WHERE c.queue = :queue
   );
 
 -- name: channel_prune
--- Forget channels with no policy and no job that has not ended (retention pass).
+-- Forget channels with no policy, no pause and no job that has not ended (retention pass).
 DELETE FROM hydrapool_channels
-WHERE queue = :queue AND max_concurrency IS NULL AND max_size IS NULL
+WHERE queue = :queue AND max_concurrency IS NULL AND max_size IS NULL AND rate_n IS NULL
+  AND paused_until <= :now
   AND NOT EXISTS (
       SELECT 1 FROM hydrapool_jobs AS j
       WHERE j.queue = hydrapool_channels.queue AND j.channel = hydrapool_channels.channel
@@ -97,7 +99,7 @@ WHERE queue = :queue AND state = 'running' GROUP BY channel;
 UPDATE hydrapool_channels SET last_served = :mark WHERE queue = :queue AND channel = :channel;
 
 -- name: queue_get
-SELECT max_concurrency, counter FROM hydrapool_queues WHERE queue = :queue;
+SELECT max_concurrency, counter, rate_n, rate_per FROM hydrapool_queues WHERE queue = :queue;
 
 -- name: queue_counter_set
 INSERT INTO hydrapool_queues (queue, counter) VALUES (:queue, :counter)
@@ -105,6 +107,29 @@ ON CONFLICT (queue) DO UPDATE SET counter = excluded.counter;
 
 -- name: queue_running
 SELECT COUNT(*) FROM hydrapool_jobs WHERE queue = :queue AND state = 'running';
+
+-- name: rate_prune
+-- A rate's log (channel '': the queue's): drop the claims that left the window.
+DELETE FROM hydrapool_rate_log WHERE queue = :queue AND channel = :channel AND at <= :cutoff;
+
+-- name: rate_count
+SELECT COALESCE(SUM(n), 0) FROM hydrapool_rate_log WHERE queue = :queue AND channel = :channel;
+
+-- name: rate_log
+-- Positional: (queue, channel, at, n); two steps at the same instant share the row.
+INSERT INTO hydrapool_rate_log (queue, channel, at, n) VALUES (?, ?, ?, ?)
+ON CONFLICT (queue, channel, at) DO UPDATE SET n = n + excluded.n;
+
+-- name: channel_pause
+-- Pause a channel until :until, unless it is paused longer already.
+INSERT INTO hydrapool_channels (queue, channel, paused_until) VALUES (:queue, :channel, :until)
+ON CONFLICT (queue, channel) DO UPDATE
+SET paused_until = MAX(paused_until, excluded.paused_until);
+
+-- name: pause_next
+-- When the queue's next pause ends (NULL: none); `paused_until > 0` picks the partial index.
+SELECT MIN(paused_until) FROM hydrapool_channels
+WHERE queue = :queue AND paused_until > 0 AND paused_until > :now;
 
 -- name: claim_heads
 SELECT priority, id, state FROM hydrapool_jobs INDEXED BY hydrapool_jobs_head
@@ -177,7 +202,7 @@ WHERE hydrapool_jobs.id = json_extract(f.value, '$.id')
   AND hydrapool_jobs.state = 'running'
   AND hydrapool_jobs.lease = json_extract(f.value, '$.lease')
   AND (hydrapool_jobs.lease_expires_at < :now) = json_extract(f.value, '$.expired')
-RETURNING hydrapool_jobs.id, hydrapool_jobs.state;
+RETURNING hydrapool_jobs.id, hydrapool_jobs.state, hydrapool_jobs.channel;  -- to pause
 
 -- name: job_cancel_waiting
 UPDATE hydrapool_jobs SET state = 'cancelled', finished_at = :now
@@ -227,22 +252,32 @@ SELECT channel, state, COUNT(*) FROM hydrapool_jobs WHERE queue = :queue GROUP B
 SELECT * FROM hydrapool_jobs WHERE queue = :queue AND state = 'running' ORDER BY started_at;
 
 -- name: stats_policies
-SELECT channel, max_concurrency, max_size FROM hydrapool_channels
-WHERE queue = :queue AND (max_concurrency IS NOT NULL OR max_size IS NOT NULL);
+SELECT channel, max_concurrency, max_size, rate_n, rate_per FROM hydrapool_channels
+WHERE queue = :queue
+  AND (max_concurrency IS NOT NULL OR max_size IS NOT NULL OR rate_n IS NOT NULL);
+
+-- name: stats_paused
+SELECT channel, paused_until FROM hydrapool_channels
+WHERE queue = :queue AND paused_until > :now;
 
 -- name: channel_policy_set
-INSERT INTO hydrapool_channels (queue, channel, max_concurrency, max_size)
-VALUES (:queue, :channel, :max_concurrency, :max_size)
+-- A pause is not part of the policy: it stays.
+INSERT INTO hydrapool_channels (queue, channel, max_concurrency, max_size, rate_n, rate_per)
+VALUES (:queue, :channel, :max_concurrency, :max_size, :rate_n, :rate_per)
 ON CONFLICT (queue, channel) DO UPDATE
-SET max_concurrency = excluded.max_concurrency, max_size = excluded.max_size;
+SET max_concurrency = excluded.max_concurrency, max_size = excluded.max_size,
+    rate_n = excluded.rate_n, rate_per = excluded.rate_per;
 
 -- name: channel_policy_clear
-UPDATE hydrapool_channels SET max_concurrency = NULL, max_size = NULL
+UPDATE hydrapool_channels SET max_concurrency = NULL, max_size = NULL, rate_n = NULL, rate_per = NULL
 WHERE queue = :queue AND channel = :channel;
 
 -- name: queue_limits_set
-INSERT INTO hydrapool_queues (queue, max_concurrency) VALUES (:queue, :max_concurrency)
-ON CONFLICT (queue) DO UPDATE SET max_concurrency = excluded.max_concurrency;
+INSERT INTO hydrapool_queues (queue, max_concurrency, rate_n, rate_per)
+VALUES (:queue, :max_concurrency, :rate_n, :rate_per)
+ON CONFLICT (queue) DO UPDATE
+SET max_concurrency = excluded.max_concurrency, rate_n = excluded.rate_n,
+    rate_per = excluded.rate_per;
 
 -- name: leader_try
 INSERT INTO hydrapool_leaders (queue, name, owner, expires_at)
