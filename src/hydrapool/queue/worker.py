@@ -113,6 +113,7 @@ class Worker:
         )
         self.idle_wait = float(idle_wait)
         self._resume_at = 0.0  # a channel this worker paused (hp.RetryAfter) resumes then
+        self._pausing = False  # a pausing hand-back waits to be stored
         self.handle_signals = handle_signals
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._coordinator = (
@@ -175,6 +176,10 @@ class Worker:
         if free <= 0:
             return []
         params = ClaimParams(self.queue.name, self.id, free, self.lease, self.channels)
+        if self._pausing and self._flushing is not None:
+            # A channel pause is stored before the next claim, which could take its jobs.
+            self._pausing = False
+            await asyncio.gather(self._flushing, return_exceptions=True)
         try:
             emit = Emit(functools.partial(ev.for_claims, worker=self.id))
             claims: list[Claim] = await backend.job_claim(params, emit=emit)
@@ -265,6 +270,7 @@ class Worker:
         except RetryAfter as exc:  # put back, attempt refunded; the channel pauses
             self._report(job, Finish(job.id, claim.lease, "queued", pause=exc.seconds))
             self._resume_at = max(self._resume_at, time.time() + exc.seconds)
+            self._pausing = True
             return
         except Exception as exc:
             self._failed(claim, exc, payload, task)

@@ -16,6 +16,14 @@ two (the step, then its events with the commit), however many jobs they cover.
 - Events are numbered per queue under a row lock held to commit, so seqs
   become visible in order and a subscriber's cursor never skips one.
 - Times are the server's clock (``clock_timestamp()``), so hosts agree.
+- Rates (job starts per window, a channel's and the queue's) are enforced by
+  the claim function from a log of its claims, kept only for what has a rate;
+  a hand-back with a pause (``hp.RetryAfter``) pauses its channel for every
+  claim (tables ``starts`` and ``pauses``, see 0003_rates.sql).
+- The Limiter's steps are functions of the schema (one call, one round trip
+  each) that lock the limiter key's row, so the steps of one key take turns;
+  a step notifies the waiters it promotes, with their grants, on their
+  process's channel (see _limiter.py).
 
 The URL takes ``?schema=name`` (default ``hydrapool``): every table lives in
 that schema, so several hydrapools share a database.
@@ -31,7 +39,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -60,6 +68,7 @@ from hydrapool.backends.base import (
     stamp,
 )
 from hydrapool.backends.postgres._db import AsyncPsycopg, Db, Pending, Row, adapt
+from hydrapool.backends.postgres._limiter import LimiterSteps, channel_for
 from hydrapool.exceptions import HydrapoolError
 from hydrapool.queue.events import Event, EventType
 
@@ -191,7 +200,7 @@ class _Redo(Exception):
     """A concurrent enqueue stored a dedup key first: start the insert again."""
 
 
-class PostgresBackend:
+class PostgresBackend(LimiterSteps):
     """The PostgreSQL backend (see the module docstring)."""
 
     def __init__(
@@ -212,6 +221,7 @@ class PostgresBackend:
         self.auto_migrate = migrate
         self.work_channel = f"{self.schema}.work"
         self.event_channel = f"{self.schema}.events"
+        self.limiter_channel = channel_for(self.schema)  # this process's (see _limiter.py)
         self._pool: AsyncConnectionPool[Any] | None = None
         self._opened = False
         self._opening = asyncio.Lock()
@@ -223,6 +233,10 @@ class PostgresBackend:
         self._work: dict[str, asyncio.Event] = {}
         self._event_seen: dict[str, int] = {}  # queue -> newest seq announced
         self._event_wakers: dict[str, asyncio.Event] = {}
+        # Queue -> this process's finishes on their way that pause a channel: a claim
+        # begun meanwhile waits for them (see _pausing_claims).
+        self._pausing: dict[str, set[asyncio.Event]] = {}
+        self._limiter_setup()
         self._skew = 0.0  # the server's clock minus this host's, measured on open
 
     # ── connections ────────────────────────────────────────────────────────
@@ -364,7 +378,7 @@ class PostgresBackend:
             try:
                 conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
                 async with conn:
-                    for channel in (self.work_channel, self.event_channel):
+                    for channel in (self.work_channel, self.event_channel, self.limiter_channel):
                         await conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel)))
                     self._listening.set()
                     self._wake_everyone()  # anything sent while we were away
@@ -385,6 +399,9 @@ class PostgresBackend:
         if channel == self.work_channel:
             self._wake_work(payload)
             return
+        if channel == self.limiter_channel:
+            self._limiter_heard(payload)
+            return
         queue, _, seq = payload.rpartition(" ")
         with contextlib.suppress(ValueError):
             self._event_seen[queue] = max(self._event_seen.get(queue, 0), int(seq))
@@ -404,6 +421,7 @@ class PostgresBackend:
         for waker in self._event_wakers.values():
             waker.set()
         self._event_wakers.clear()
+        self._limiter_wake_all()
 
     async def _sleep_on(self, waker: asyncio.Event, timeout: float) -> None:
         if not self._listening.is_set():
@@ -667,6 +685,8 @@ class PostgresBackend:
         """Claim due jobs within the channel and queue limits: one round trip, its commit
         included (see the claim function in the schema)."""
         queue = params.queue
+        if queue in self._pausing:
+            await self._after_pauses(queue)
         self._claim_marks.claimed(queue, self._notified.get(queue, 0))
         token = uuid.uuid4().hex  # one lease token per batch: (job id, token) fences
         pool = await self._ready()
@@ -745,7 +765,34 @@ class PostgresBackend:
                 await db.submit(self.q["work_notify_if_limited"], note)
             return result, await self._events(db, queue, emit, result)
 
-        return await self._step(finish)
+        with self._pausing_claims(queue, finishes):
+            return await self._step(finish)
+
+    @contextlib.contextmanager
+    def _pausing_claims(self, queue: str, finishes: Sequence[Finish]) -> Iterator[None]:
+        """Hold this process's claims of ``queue`` back while a finish that pauses a
+        channel (hp.RetryAfter) is on its way: the worker that reported it claims again
+        at once, on another connection, and must find the channel paused (as on the
+        backends whose steps go one after another). Claims of other processes race
+        with the pause as with any finish."""
+        if not any(f.pause > 0 and f.state == "queued" for f in finishes):
+            yield
+            return
+        done = asyncio.Event()
+        pausing = self._pausing.setdefault(queue, set())
+        pausing.add(done)
+        try:
+            yield
+        finally:
+            pausing.discard(done)
+            if not pausing and self._pausing.get(queue) is pausing:
+                del self._pausing[queue]
+            done.set()
+
+    async def _after_pauses(self, queue: str) -> None:
+        """Wait for the pausing finishes of ``queue`` on their way (see _pausing_claims)."""
+        for done in list(self._pausing.get(queue, ())):
+            await done.wait()
 
     async def _resolve(
         self, db: Db, queue: str, ended: list[tuple[str, str]], now: float
@@ -847,6 +894,8 @@ class PostgresBackend:
             params = {"queue": queue, "older_than": older_than, "state": state}
             rows = await db.rows(self.q["job_delete_finished"], params)
             await db.submit(self.q["turns_prune"], {"queue": queue})
+            await db.submit(self.q["pauses_prune"], {"queue": queue})
+            await db.submit(self.q["starts_prune"], {"queue": queue})
             deleted = [Change(i, c, t, a, old, "deleted") for i, c, t, a, old in rows]
             return deleted, await self._events(db, queue, emit, deleted)
 
@@ -860,6 +909,7 @@ class PostgresBackend:
             p_running = await db.submit(self.q["stats_running"], q)
             p_limits = await db.submit(self.q["queue_get"], q)
             p_policies = await db.submit(self.q["stats_policies"], q)
+            p_paused = await db.submit(self.q["stats_paused"], q)
             counts: dict[str, int] = {}
             channels: dict[str, dict[str, int]] = {}
             for channel, state, n in await p_counts.fetch():
@@ -867,9 +917,12 @@ class PostgresBackend:
                 channels.setdefault(channel, {})[state] = n
             running = [_record(r) for r in await p_running.fetch()]
             limits = await p_limits.fetch()
-            policies = {r[0]: ChannelPolicy(r[1], r[2]) for r in await p_policies.fetch()}
-        cap = limits[0][0] if limits else None
-        return PoolSnapshot(counts, channels, running, cap, policies)
+            policies = {
+                r[0]: ChannelPolicy(r[1], r[2], _rate(r[3], r[4])) for r in await p_policies.fetch()
+            }
+            paused = {r[0]: float(r[1]) for r in await p_paused.fetch()}
+        cap, rate = (limits[0][0], _rate(limits[0][1], limits[0][2])) if limits else (None, None)
+        return PoolSnapshot(counts, channels, running, cap, policies, rate, paused)
 
     async def channel_policy_set(self, queue: str, channel: str, policy: ChannelPolicy) -> None:
         """Set a channel's limits (and wake workers: the limit may have risen)."""
@@ -878,6 +931,7 @@ class PostgresBackend:
             "channel": channel,
             "max_concurrency": policy.max_concurrency,
             "max_size": policy.max_size,
+            **_rate_params(policy.rate),
         }
         await self._write("channel_policy_set", params, queue)
 
@@ -885,11 +939,12 @@ class PostgresBackend:
         """Remove a channel's limits."""
         await self._write("channel_policy_clear", {"queue": queue, "channel": channel}, queue)
 
-    async def queue_limits_set(self, queue: str, max_concurrency: int | None) -> None:
-        """Cap the queue."""
-        await self._write(
-            "queue_limits_set", {"queue": queue, "max_concurrency": max_concurrency}, queue
-        )
+    async def queue_limits_set(
+        self, queue: str, max_concurrency: int | None, rate: tuple[int, float] | None = None
+    ) -> None:
+        """Cap the queue: jobs running at once, and job starts per window."""
+        params = {"queue": queue, "max_concurrency": max_concurrency, **_rate_params(rate)}
+        await self._write("queue_limits_set", params, queue)
 
     async def _write(self, name: str, params: Mapping[str, Any], queue: str) -> None:
         async with self._tx() as db:
@@ -1048,6 +1103,18 @@ def _no_events(queue: str, notify: str) -> dict[str, Any]:
     return {"events": "[]", "queue": queue, "notify": notify}
 
 
+def _rate(n: int | None, per: float | None) -> tuple[int, float] | None:
+    """A stored rate (columns rate_n, rate_per) as (n, per seconds), or None."""
+    return None if n is None or per is None else (int(n), float(per))
+
+
+def _rate_params(rate: tuple[int, float] | None) -> dict[str, Any]:
+    """A rate as the columns rate_n, rate_per store it."""
+    if rate is None:
+        return {"rate_n": None, "rate_per": None}
+    return {"rate_n": int(rate[0]), "rate_per": float(rate[1])}
+
+
 def _finish_params(queue: str, finishes: Sequence[Finish]) -> dict[str, Any]:
     kinds = []
     for f in finishes:
@@ -1069,6 +1136,7 @@ def _finish_params(queue: str, finishes: Sequence[Finish]) -> dict[str, Any]:
             "error": _text(f.error),
             "delay": float(f.delay),
             "expired": f.expired,
+            "pause": float(f.pause),  # the statement pauses only for hand-backs
         }
         for f, kind in zip(finishes, kinds, strict=True)
     ]

@@ -153,38 +153,51 @@ RETURNING j.id, j.cancel_requested;
 -- still matches (and has expired for the coordinator's, not for a worker's).
 -- kind: end (a terminal state), retry (due again after delay), hand_back
 -- (queued again, attempt refunded). A job someone asked to cancel is not
--- run again: a retry or hand-back of it ends cancelled.
-WITH t AS MATERIALIZED (SELECT {schema}.clock() AS now)
-UPDATE {schema}.jobs AS j
-SET state = CASE
-        WHEN f.kind = 'end' THEN f.state
-        WHEN j.cancel_requested THEN 'cancelled'
-        WHEN f.kind = 'retry' THEN 'retrying'
-        ELSE 'queued' END,
-    finished_at = CASE WHEN f.kind = 'end' OR j.cancel_requested THEN t.now
-                       ELSE j.finished_at END,
-    run_at = CASE f.kind WHEN 'end' THEN j.run_at WHEN 'retry' THEN t.now + f.delay
-                         ELSE t.now END,
-    result = CASE WHEN f.kind = 'end' THEN f.result ELSE j.result END,
-    error = CASE f.kind WHEN 'end' THEN COALESCE(f.error, j.error)
-                        WHEN 'retry' THEN f.error ELSE j.error END,
-    attempts = CASE WHEN f.kind = 'hand_back' THEN j.attempts - 1 ELSE j.attempts END,
-    started_at = CASE WHEN f.kind = 'hand_back' THEN NULL ELSE j.started_at END,
-    -- A job handed back waits again under its dedup key, unless a twin took the key
-    -- while it ran.
-    dedup_key = CASE WHEN f.kind = 'hand_back' AND j.dedup_key IS NOT NULL AND EXISTS (
-                         SELECT 1 FROM {schema}.jobs AS t
-                         WHERE t.queue = j.queue AND t.channel = j.channel
-                           AND t.dedup_key = j.dedup_key AND t.started_at IS NULL
-                           AND t.state IN ('waiting', 'queued'))
-                     THEN NULL ELSE j.dedup_key END,
-    lease = NULL, lease_expires_at = NULL  -- worker stays: who ran the last attempt
-FROM t, json_to_recordset(%(batch)s::json)
-        AS f(id text, lease text, kind text, state text, result text, error text,
-             delay float8, expired boolean)
-WHERE j.id = f.id AND j.queue = %(queue)s AND j.state = 'running' AND j.lease = f.lease
-  AND (j.lease_expires_at < t.now) = f.expired
-RETURNING j.id, j.state, j.has_children, t.now;
+-- run again: a retry or hand-back of it ends cancelled. A hand-back applied
+-- with a pause (hp.RetryAfter) pauses its channel until that long from now,
+-- unless it is paused longer already.
+WITH t AS MATERIALIZED (SELECT {schema}.clock() AS now),
+done AS (
+    UPDATE {schema}.jobs AS j
+    SET state = CASE
+            WHEN f.kind = 'end' THEN f.state
+            WHEN j.cancel_requested THEN 'cancelled'
+            WHEN f.kind = 'retry' THEN 'retrying'
+            ELSE 'queued' END,
+        finished_at = CASE WHEN f.kind = 'end' OR j.cancel_requested THEN t.now
+                           ELSE j.finished_at END,
+        run_at = CASE f.kind WHEN 'end' THEN j.run_at WHEN 'retry' THEN t.now + f.delay
+                             ELSE t.now END,
+        result = CASE WHEN f.kind = 'end' THEN f.result ELSE j.result END,
+        error = CASE f.kind WHEN 'end' THEN COALESCE(f.error, j.error)
+                            WHEN 'retry' THEN f.error ELSE j.error END,
+        attempts = CASE WHEN f.kind = 'hand_back' THEN j.attempts - 1 ELSE j.attempts END,
+        started_at = CASE WHEN f.kind = 'hand_back' THEN NULL ELSE j.started_at END,
+        -- A job handed back waits again under its dedup key, unless a twin took the key
+        -- while it ran.
+        dedup_key = CASE WHEN f.kind = 'hand_back' AND j.dedup_key IS NOT NULL AND EXISTS (
+                             SELECT 1 FROM {schema}.jobs AS t
+                             WHERE t.queue = j.queue AND t.channel = j.channel
+                               AND t.dedup_key = j.dedup_key AND t.started_at IS NULL
+                               AND t.state IN ('waiting', 'queued'))
+                         THEN NULL ELSE j.dedup_key END,
+        lease = NULL, lease_expires_at = NULL  -- worker stays: who ran the last attempt
+    FROM t, json_to_recordset(%(batch)s::json)
+            AS f(id text, lease text, kind text, state text, result text, error text,
+                 delay float8, expired boolean, pause float8)
+    WHERE j.id = f.id AND j.queue = %(queue)s AND j.state = 'running' AND j.lease = f.lease
+      AND (j.lease_expires_at < t.now) = f.expired
+    RETURNING j.id, j.state, j.has_children, t.now, j.channel, f.kind, f.pause
+),
+paused AS (
+    INSERT INTO {schema}.pauses AS pa (queue, channel, paused_until)
+    SELECT %(queue)s, d.channel, max(d.now + d.pause) FROM done AS d
+    WHERE d.kind = 'hand_back' AND d.pause > 0
+    GROUP BY d.channel
+    ON CONFLICT (queue, channel) DO UPDATE
+    SET paused_until = GREATEST(pa.paused_until, excluded.paused_until)
+)
+SELECT id, state, has_children, now FROM done;
 
 -- name: dep_children
 -- The not-yet-started children of jobs that just ended, locked in id order.
@@ -281,6 +294,21 @@ WHERE tu.queue = %(queue)s
                   WHERE j.queue = tu.queue AND j.channel = tu.channel
                     AND j.state IN ('waiting', 'queued', 'retrying', 'running'));
 
+-- name: pauses_prune
+-- Forget the pauses that ended.
+DELETE FROM {schema}.pauses WHERE queue = %(queue)s AND paused_until <= {schema}.clock();
+
+-- name: starts_prune
+-- Drop the claim log rows out of their rate's window (all of them once the rate is
+-- gone); claims only prune the logs of channels they look at.
+DELETE FROM {schema}.starts AS s
+WHERE s.queue = %(queue)s
+  AND s.at <= {schema}.clock() - COALESCE(
+      CASE WHEN s.channel = ''
+           THEN (SELECT q.rate_per FROM {schema}.queues AS q WHERE q.queue = s.queue)
+           ELSE (SELECT c.rate_per FROM {schema}.channels AS c
+                 WHERE c.queue = s.queue AND c.channel = s.channel) END, 0);
+
 -- name: stats_counts
 SELECT channel, state, count(*) FROM {schema}.jobs WHERE queue = %(queue)s
 GROUP BY channel, state;
@@ -290,24 +318,34 @@ SELECT {cols} FROM {schema}.jobs WHERE queue = %(queue)s AND state = 'running'
 ORDER BY started_at;
 
 -- name: stats_policies
-SELECT channel, max_concurrency, max_size FROM {schema}.channels
-WHERE queue = %(queue)s AND (max_concurrency IS NOT NULL OR max_size IS NOT NULL);
+SELECT channel, max_concurrency, max_size, rate_n, rate_per FROM {schema}.channels
+WHERE queue = %(queue)s
+  AND (max_concurrency IS NOT NULL OR max_size IS NOT NULL OR rate_n IS NOT NULL);
+
+-- name: stats_paused
+SELECT channel, paused_until FROM {schema}.pauses
+WHERE queue = %(queue)s AND paused_until > {schema}.clock();
 
 -- name: queue_get
-SELECT max_concurrency FROM {schema}.queues WHERE queue = %(queue)s;
+SELECT max_concurrency, rate_n, rate_per FROM {schema}.queues WHERE queue = %(queue)s;
 
 -- name: channel_policy_set
-INSERT INTO {schema}.channels (queue, channel, max_concurrency, max_size)
-VALUES (%(queue)s, %(channel)s, %(max_concurrency)s, %(max_size)s)
+-- A pause is kept apart (pauses): setting or clearing the policy keeps it.
+INSERT INTO {schema}.channels (queue, channel, max_concurrency, max_size, rate_n, rate_per)
+VALUES (%(queue)s, %(channel)s, %(max_concurrency)s, %(max_size)s, %(rate_n)s, %(rate_per)s)
 ON CONFLICT (queue, channel) DO UPDATE
-SET max_concurrency = excluded.max_concurrency, max_size = excluded.max_size;
+SET max_concurrency = excluded.max_concurrency, max_size = excluded.max_size,
+    rate_n = excluded.rate_n, rate_per = excluded.rate_per;
 
 -- name: channel_policy_clear
 DELETE FROM {schema}.channels WHERE queue = %(queue)s AND channel = %(channel)s;
 
 -- name: queue_limits_set
-INSERT INTO {schema}.queues (queue, max_concurrency) VALUES (%(queue)s, %(max_concurrency)s)
-ON CONFLICT (queue) DO UPDATE SET max_concurrency = excluded.max_concurrency;
+INSERT INTO {schema}.queues (queue, max_concurrency, rate_n, rate_per)
+VALUES (%(queue)s, %(max_concurrency)s, %(rate_n)s, %(rate_per)s)
+ON CONFLICT (queue) DO UPDATE
+SET max_concurrency = excluded.max_concurrency, rate_n = excluded.rate_n,
+    rate_per = excluded.rate_per;
 
 -- name: leader_try
 WITH t AS MATERIALIZED (SELECT {schema}.clock() AS now)
@@ -393,3 +431,27 @@ WHERE queue = %(queue)s
          AND at >= {schema}.clock() - %(older_than)s
        ORDER BY seq LIMIT 1),
       (SELECT max(seq) FROM {schema}.events WHERE queue = %(queue)s));
+
+-- ── the Limiter: one call per step (see 0002_limiter.sql) ────────────────
+
+-- name: limiter_acquire
+SELECT o_token, o_expires_at, o_ahead, o_retry_after, o_woken
+FROM {schema}.limiter_acquire(%(name)s, %(key)s, %(limit)s::bigint, %(rate)s::bigint,
+                              %(per)s::float8, %(lease)s::float8, %(tickets)s::text[],
+                              %(weights)s::bigint[], %(wait)s, %(channel)s);
+
+-- name: limiter_renew
+SELECT {schema}.limiter_renew(%(name)s, %(key)s, %(lease)s::float8, %(tokens)s::bigint[]);
+
+-- name: limiter_release
+SELECT o_done, o_woken
+FROM {schema}.limiter_release(%(name)s, %(key)s, %(limit)s::bigint, %(rate)s::bigint,
+                              %(per)s::float8, %(lease)s::float8, %(token)s::bigint);
+
+-- name: limiter_cancel
+SELECT {schema}.limiter_cancel(%(name)s, %(key)s, %(limit)s::bigint, %(rate)s::bigint,
+                               %(per)s::float8, %(lease)s::float8, %(ticket)s);
+
+-- name: limiter_stats
+SELECT o_holders, o_held, o_waiters, o_recent
+FROM {schema}.limiter_stats(%(name)s, %(key)s, %(rate)s::bigint, %(per)s::float8);
