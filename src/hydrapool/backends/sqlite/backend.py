@@ -91,6 +91,21 @@ def _record(row: sqlite3.Row) -> JobRecord:
     return JobRecord(**values)
 
 
+def _wal(conn: sqlite3.Connection) -> None:
+    """Switch a new file to WAL. The switch needs the file to itself and SQLite may
+    refuse it at once (no busy wait) while another process is creating the schema,
+    so try again for up to 10 s."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
 class SqliteBackend:
     """The SQLite backend (see the module docstring)."""
 
@@ -133,9 +148,9 @@ class SqliteBackend:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=10000")
+        _wal(conn)
+        conn.execute("PRAGMA synchronous=NORMAL")
         self._conn = conn
         self._migrate(conn)
 
