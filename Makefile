@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run demo-pool test check lint format typecheck bench bench-postgres bench-redis clean
+.PHONY: help run demo-pool test check lint format typecheck bench bench-postgres bench-redis bench-limiter clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ bench-postgres: $(STAMP) ## the PostgreSQL queue against pgqueuer, procrastinate
 
 bench-redis: $(STAMP) ## the Redis queue against saq, arq, dramatiq (same run)
 	bash bench/redis_vs_peers.sh
+
+bench-limiter: $(STAMP) ## hp.Limiter on every backend: utilisation, overhead, hand-off
+	$(PY) bench/limiter.py --backend all --runs 3
 
 clean: ## remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
