@@ -105,8 +105,8 @@ class EventStream:
             batch = await backend.event_read(self.queue.name, self._cursor, READ_BATCH)
         except Exception as exc:  # the store is unreachable: ride the outage out
             return not closing and await self._outage(exc)
-        self._failures = 0
         if batch:
+            self._failures = 0
             self._cursor = batch[-1].seq
             self._ready = batch
             return True
@@ -122,8 +122,10 @@ class EventStream:
         finally:
             for waiter in waits:
                 waiter.cancel()
-        if waits[0].done() and not waits[0].cancelled() and waits[0].exception() is not None:
-            return await self._outage(waits[0].exception())
+        if waits[0].done() and not waits[0].cancelled():
+            if waits[0].exception() is not None:
+                return await self._outage(waits[0].exception())
+            self._failures = 0  # a whole read-and-wait went well
         return True
 
     async def _outage(self, exc: BaseException | None) -> bool:

@@ -39,7 +39,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from hydrapool.backends import backend_from_url
 from hydrapool.backends.base import Backend, LimitSpec, LimitTurn
-from hydrapool.exceptions import LeaseExpired
+from hydrapool.exceptions import Closed, LeaseExpired
 from hydrapool.queue.queue import check_name
 from hydrapool.ratelimit import RateLimit
 
@@ -50,6 +50,7 @@ logger = logging.getLogger("hydrapool.limiter")
 P = ParamSpec("P")
 R = TypeVar("R")
 MAX_KEY = 500  # characters
+CLOSE_WAIT = 5.0  # seconds close() waits for the acquires in flight to give up
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,18 +86,19 @@ class _Acquiring:
 
     def __init__(self, limiter: Limiter, key: str | int | None, timeout: float | None, weight: int):
         self._limiter, self._key, self._timeout, self._weight = limiter, key, timeout, weight
-        self._permit: Permit | None = None
+        # By entering task: one object may be shared like an asyncio.Semaphore.
+        self._permits: dict[asyncio.Task[Any] | None, Permit] = {}
 
     def __await__(self) -> Generator[Any, None, Permit]:
         return self._limiter._acquire(self._key, self._timeout, self._weight).__await__()
 
     async def __aenter__(self) -> Permit:
-        self._permit = await self._limiter._acquire(self._key, self._timeout, self._weight)
-        return self._permit
+        permit = await self._limiter._acquire(self._key, self._timeout, self._weight)
+        self._permits[asyncio.current_task()] = permit
+        return permit
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        permit, self._permit = self._permit, None
-        assert permit is not None
+        permit = self._permits.pop(asyncio.current_task())
         if await self._limiter.release(permit) or (permit.released and not permit.lost):
             return
         message = (
@@ -149,6 +151,11 @@ class Limiter:
         self._held: dict[int, Permit] = {}  # by id(permit)
         self._renewer: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._epoch = 0  # + 1 at each close(): acquires begun before it end
+        self._waiting: set[asyncio.Event] = set()  # the wake-ups of acquires in flight
+        self._acquiring = 0
+        self._settled = asyncio.Event()  # set while no acquire is in flight
+        self._settled.set()
 
     def __repr__(self) -> str:
         return f"Limiter({self.name!r}, limit={self.concurrency!r}, rate={self.rate!r})"
@@ -163,7 +170,13 @@ class Limiter:
         return self.backend
 
     async def close(self) -> None:
-        """Release what this object holds, stop renewing, close the connections."""
+        """End the acquires in flight (they raise ``hp.Closed``), release what this object
+        holds, stop renewing, close the connections. Using it again opens it again."""
+        self._epoch += 1
+        for woken in self._waiting:
+            woken.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), CLOSE_WAIT)
         if self._renewer is not None:
             self._renewer.cancel()
             await asyncio.gather(self._renewer, return_exceptions=True)
@@ -239,47 +252,83 @@ class Limiter:
         spec, weight = self._spec(key), self._weight(weight)
         backend = await self._ready()
         ticket = uuid.uuid4().hex
-        turn = await backend.limiter_acquire(spec, ticket, weight, False)
-        self._wake(backend, spec, turn)
-        return None if turn.token is None else self._granted(spec, key, turn, weight)
+        try:
+            turn = await backend.limiter_acquire(spec, ticket, weight, False)
+            self._wake(backend, spec, turn)
+            return None if turn.token is None else self._granted(spec, key, turn, weight)
+        except BaseException as exc:
+            await self._leave(backend, spec, ticket, exc)  # a grant on its way comes back
+            raise
 
     async def _acquire(self, key: str | int | None, timeout: float | None, weight: int) -> Permit:
         spec = self._spec(key)
         backend = await self._ready()
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        epoch = self._epoch
+        self._acquiring += 1
+        self._settled.clear()
         ticket = uuid.uuid4().hex
         woken = backend.limiter_watch(ticket)
-        turn: LimitTurn | None = None
+        self._waiting.add(woken)
         try:
-            while True:
-                woken.clear()
-                turn = await backend.limiter_acquire(spec, ticket, weight, True)
-                self._wake(backend, spec, turn)
-                if turn.token is not None:
-                    return self._granted(spec, key, turn, weight)
-                pause = self._pause(backend, turn)
-                if deadline is not None:
-                    left = deadline - loop.time()
-                    if left <= 0:
-                        raise TimeoutError(
-                            f"limiter {self.name!r} key {key!r}: no place within {timeout:g} s "
-                            f"({turn.ahead} waiting before us)"
-                        )
-                    pause = min(pause, left)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), pause)
-        except BaseException:
-            if turn is None or turn.token is None:
-                # Leave the line; a grant that came meanwhile is given back.
-                task = asyncio.ensure_future(self._give_up(backend, spec, ticket))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.shield(task)
+            return await self._wait_turn(backend, spec, key, ticket, woken, timeout, weight, epoch)
+        except BaseException as exc:
+            await self._leave(backend, spec, ticket, exc)  # the line, or a grant that came
             raise
         finally:
+            self._waiting.discard(woken)
             backend.limiter_unwatch(ticket)
+            self._acquiring -= 1
+            if not self._acquiring:
+                self._settled.set()
+
+    async def _wait_turn(
+        self,
+        backend: Backend,
+        spec: LimitSpec,
+        key: str | int | None,
+        ticket: str,
+        woken: asyncio.Event,
+        timeout: float | None,
+        weight: int,
+        epoch: int,
+    ) -> Permit:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            if self._epoch != epoch:
+                raise Closed(f"limiter {self.name!r} was closed while waiting for a place")
+            woken.clear()
+            turn = await backend.limiter_acquire(spec, ticket, weight, True)
+            self._wake(backend, spec, turn)
+            if turn.token is not None and self._epoch == epoch:
+                return self._granted(spec, key, turn, weight)
+            pause = self._pause(backend, turn)
+            if deadline is not None:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise TimeoutError(
+                        f"limiter {self.name!r} key {key!r}: no place within {timeout:g} s "
+                        f"({turn.ahead} waiting before us)"
+                    )
+                pause = min(pause, left)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), pause)
+
+    async def _leave(
+        self, backend: Backend, spec: LimitSpec, ticket: str, exc: BaseException
+    ) -> None:
+        """Give up ``ticket`` (its place, or a grant no Permit was made for) in a step that
+        runs to its end even if this task is cancelled meanwhile."""
+        task = asyncio.ensure_future(self._give_up(backend, spec, ticket))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not isinstance(exc, asyncio.CancelledError):
+                raise  # a cancel that came meanwhile wins over our own error
+        except Exception:
+            logger.exception("limiter %r: giving up a place failed", self.name)
 
     def _pause(self, backend: Backend, turn: LimitTurn) -> float:
         pause = self.lease / 3  # a waiter keeps its place by checking in
@@ -311,16 +360,27 @@ class Limiter:
 
     async def release(self, permit: Permit) -> bool:
         """Give a permit back; False (nothing freed) when its lease had ended or it was
-        released already."""
+        released already. The step runs to its end even if the caller is cancelled."""
         if not isinstance(permit, Permit) or permit.limiter is not self:
             raise TypeError(f"release takes a Permit of this limiter, got {permit!r}")
         if permit.released:
             return False
         permit.released = True
         self._held.pop(id(permit), None)
+        task = asyncio.ensure_future(self._release(permit))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return await asyncio.shield(task)
+
+    async def _release(self, permit: Permit) -> bool:
         assert permit._spec is not None
-        backend = await self._ready()
-        done, woken = await backend.limiter_release(permit._spec, permit.token)
+        try:
+            backend = await self._ready()
+            done, woken = await backend.limiter_release(permit._spec, permit.token)
+        except BaseException:
+            permit.released = False  # still held: renewed, released by a retry or close()
+            self._held[id(permit)] = permit
+            raise
         if woken:
             backend.limiter_woken(permit._spec, woken)
         if not done:
@@ -338,6 +398,7 @@ class Limiter:
             for spec, permits in by_spec.items():
                 try:
                     kept = await self.backend.limiter_renew(spec, [p.token for p in permits])
+                    assert len(kept) == len(permits)
                 except Exception:
                     logger.exception("renewing limiter %r permits failed; retrying", self.name)
                     continue
@@ -361,6 +422,11 @@ class Limiter:
     ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
         """Decorate an ``async def``: each call runs holding a place. ``key`` is a key, or a
         function of the call's arguments returning one."""
+        if inspect.iscoroutinefunction(key):
+            raise TypeError(
+                f"@limiter.limit needs parentheses: @limiter.limit() or "
+                f"@limiter.limit(key=...), not @limiter.limit (it took {key!r} as the key)"
+            )
         if not callable(key):
             self._spec(key)
         self._weight(weight)

@@ -179,7 +179,7 @@ class Worker:
         if self._pausing and self._flushing is not None:
             # A channel pause is stored before the next claim, which could take its jobs.
             self._pausing = False
-            await asyncio.gather(self._flushing, return_exceptions=True)
+            await asyncio.wait([self._flushing])  # (cancelling us does not cancel it)
         try:
             emit = Emit(functools.partial(ev.for_claims, worker=self.id))
             claims: list[Claim] = await backend.job_claim(params, emit=emit)
