@@ -39,7 +39,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -233,9 +233,6 @@ class PostgresBackend(LimiterSteps):
         self._work: dict[str, asyncio.Event] = {}
         self._event_seen: dict[str, int] = {}  # queue -> newest seq announced
         self._event_wakers: dict[str, asyncio.Event] = {}
-        # Queue -> this process's finishes on their way that pause a channel: a claim
-        # begun meanwhile waits for them (see _pausing_claims).
-        self._pausing: dict[str, set[asyncio.Event]] = {}
         self._limiter_setup()
         self._skew = 0.0  # the server's clock minus this host's, measured on open
 
@@ -685,8 +682,6 @@ class PostgresBackend(LimiterSteps):
         """Claim due jobs within the channel and queue limits: one round trip, its commit
         included (see the claim function in the schema)."""
         queue = params.queue
-        if queue in self._pausing:
-            await self._after_pauses(queue)
         self._claim_marks.claimed(queue, self._notified.get(queue, 0))
         token = uuid.uuid4().hex  # one lease token per batch: (job id, token) fences
         pool = await self._ready()
@@ -765,34 +760,7 @@ class PostgresBackend(LimiterSteps):
                 await db.submit(self.q["work_notify_if_limited"], note)
             return result, await self._events(db, queue, emit, result)
 
-        with self._pausing_claims(queue, finishes):
-            return await self._step(finish)
-
-    @contextlib.contextmanager
-    def _pausing_claims(self, queue: str, finishes: Sequence[Finish]) -> Iterator[None]:
-        """Hold this process's claims of ``queue`` back while a finish that pauses a
-        channel (hp.RetryAfter) is on its way: the worker that reported it claims again
-        at once, on another connection, and must find the channel paused (as on the
-        backends whose steps go one after another). Claims of other processes race
-        with the pause as with any finish."""
-        if not any(f.pause > 0 and f.state == "queued" for f in finishes):
-            yield
-            return
-        done = asyncio.Event()
-        pausing = self._pausing.setdefault(queue, set())
-        pausing.add(done)
-        try:
-            yield
-        finally:
-            pausing.discard(done)
-            if not pausing and self._pausing.get(queue) is pausing:
-                del self._pausing[queue]
-            done.set()
-
-    async def _after_pauses(self, queue: str) -> None:
-        """Wait for the pausing finishes of ``queue`` on their way (see _pausing_claims)."""
-        for done in list(self._pausing.get(queue, ())):
-            await done.wait()
+        return await self._step(finish)
 
     async def _resolve(
         self, db: Db, queue: str, ended: list[tuple[str, str]], now: float
