@@ -6,7 +6,11 @@ Prints one JSON object. For each backend:
   under one global ``limit=8``; all tasks start waiting at once. The ideal
   wall time is 500 * 4 * 0.01 / 8 = 2.5 s; ``wall_s`` runs from the first
   grant to the last release (as the holders record them) and ``ratio`` is
-  ``wall_s / 2.5`` (target <= 1.15 on redis and postgres);
+  ``wall_s / 2.5`` (target <= 1.15 on redis and postgres). Measured with the
+  default ``handoff`` (a released place may pass straight to the next waiter in
+  the same process, 8 times in a row at most) and again with ``handoff=0``
+  (every place goes back through the store: strict first come, first served
+  across processes), reported as ``strict``;
 - overhead: one process, one task, ``acquire`` + ``release`` 1,000 times with
   nobody else around: microseconds per pair;
 - hand-off: two processes take turns on ``limit=1`` (each holds 2 ms, 100
@@ -54,9 +58,12 @@ IDEAL = PROCS * TASKS * HOLD / LIMIT
 
 
 # ── child processes ─────────────────────────────────────────────────────────
-async def child_utilisation(url: str, name: str, go: float) -> list[tuple[int, int]]:
+async def child_utilisation(
+    url: str, name: str, go: float, handoff: int | None
+) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
-    async with hp.Limiter(url, name, limit=LIMIT) as limiter:
+    options = {} if handoff is None else {"handoff": handoff}
+    async with hp.Limiter(url, name, limit=LIMIT, **options) as limiter:
         await limiter.statistics()  # connected before the start
         await asyncio.sleep(max(0.0, go - time.time()))
 
@@ -70,7 +77,7 @@ async def child_utilisation(url: str, name: str, go: float) -> list[tuple[int, i
     return spans
 
 
-async def child_handoff(url: str, name: str, go: float) -> list[tuple[int, int]]:
+async def child_handoff(url: str, name: str, go: float, _: int | None) -> list[tuple[int, int]]:
     marks: list[tuple[int, int]] = []  # (granted, release begins)
     async with hp.Limiter(url, name, limit=1) as limiter:
         await limiter.statistics()
@@ -123,24 +130,30 @@ class Store:
             client.close()
 
 
-def spawn(role: str, url: str, name: str, go: float, out: Path) -> subprocess.Popen[bytes]:
+def spawn(
+    role: str, url: str, name: str, go: float, out: Path, handoff: int | None
+) -> subprocess.Popen[bytes]:
     args = [sys.executable, __file__, "--role", role, "--url", url, "--name", name]
+    if handoff is not None:
+        args += ["--handoff", str(handoff)]
     return subprocess.Popen([*args, "--go", repr(go), "--out", str(out)])
 
 
-def run_children(role: str, url: str, count: int, workdir: Path) -> list[Any]:
+def run_children(
+    role: str, url: str, count: int, workdir: Path, handoff: int | None = None
+) -> list[Any]:
     name = f"b{uuid.uuid4().hex[:8]}"
     go = time.time() + 2.0  # every child connected and waiting by then
     outs = [workdir / f"{role}-{uuid.uuid4().hex[:6]}.json" for _ in range(count)]
-    procs = [spawn(role, url, name, go, out) for out in outs]
+    procs = [spawn(role, url, name, go, out, handoff) for out in outs]
     for proc in procs:
         if proc.wait(300) != 0:
             raise RuntimeError(f"a {role} child failed ({proc.returncode})")
     return [json.loads(out.read_text()) for out in outs]
 
 
-def utilisation(url: str, workdir: Path) -> dict[str, float]:
-    spans = [s for part in run_children("util", url, PROCS, workdir) for s in part]
+def utilisation(url: str, workdir: Path, handoff: int | None = None) -> dict[str, float]:
+    spans = [s for part in run_children("util", url, PROCS, workdir, handoff) for s in part]
     wall = (max(e for _, e in spans) - min(s for s, _ in spans)) / 1e9
     points = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
     inside = most = 0
@@ -174,11 +187,17 @@ def measure(backend: str, runs: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(backend, Path(tmp))
         try:
-            out: dict[str, Any] = {"overhead_us": [], "utilisation": [], "handoff": []}
+            out: dict[str, Any] = {
+                "overhead_us": [],
+                "utilisation": [],
+                "strict": [],
+                "handoff": [],
+            }
             for _ in range(runs):
                 out["overhead_us"].append(round(asyncio.run(overhead(store.url())), 1))
                 if backend != "memory":  # memory:// is one process
                     out["utilisation"].append(utilisation(store.url(), Path(tmp)))
+                    out["strict"].append(utilisation(store.url(), Path(tmp), handoff=0))
                     out["handoff"].append(handoff(store.url(), Path(tmp)))
             return summarise(out)
         finally:
@@ -191,6 +210,8 @@ def summarise(out: dict[str, Any]) -> dict[str, Any]:
     if out["utilisation"]:
         summary["wall_s_median"] = statistics.median(u["wall_s"] for u in out["utilisation"])
         summary["ratio_median"] = round(summary["wall_s_median"] / IDEAL, 3)
+        strict = statistics.median(u["wall_s"] for u in out["strict"])
+        summary["strict_ratio_median"] = round(strict / IDEAL, 3)
         summary["handoff_p50_ms_median"] = statistics.median(h["p50_ms"] for h in out["handoff"])
     return summary
 
@@ -204,10 +225,12 @@ def main() -> None:
     parser.add_argument("--name")
     parser.add_argument("--go", type=float)
     parser.add_argument("--out")
+    parser.add_argument("--handoff", type=int)
     args = parser.parse_args()
     if args.role in ("util", "handoff"):
         child = child_utilisation if args.role == "util" else child_handoff
-        Path(args.out).write_text(json.dumps(asyncio.run(child(args.url, args.name, args.go))))
+        spans = asyncio.run(child(args.url, args.name, args.go, args.handoff))
+        Path(args.out).write_text(json.dumps(spans))
         return
     chosen = ["memory", "sqlite", "postgres", "redis"] if args.backend == "all" else [args.backend]
     result: dict[str, Any] = {

@@ -2,8 +2,8 @@
 
 Behaviour every backend must share runs on all of them, with the Redis run marked
 ``xfail`` (strict) until fixed (what is left: 64-bit priorities and max_attempts on
-PostgreSQL); checks of Redis internals (pub/sub, key layout) use
-the ``redis_url`` fixture.
+PostgreSQL); checks of Redis internals (pub/sub, key layout) run on a single server
+and on a Redis Cluster (the ``redis_kind_url`` fixture).
 """
 
 from __future__ import annotations
@@ -32,8 +32,17 @@ def redis_fails(reason: str, postgres: str | None = None) -> pytest.MarkDecorato
             "sqlite",
             "postgres" if postgres is None else failing("postgres", postgres),
             "redis",  # fixed; ``reason`` says what went wrong
+            "redis-cluster",
         ],
     )
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def redis_kind_url(request: pytest.FixtureRequest) -> str:
+    """A URL with a key prefix of this test's own, on a single server or naming a
+    cluster's first node (where the backend's pub/sub listens)."""
+    fixture = "redis_url" if request.param == "redis" else "redis_cluster_url"
+    return str(request.getfixturevalue(fixture))
 
 
 def new(job_id: str, channel: str = "c", **kw: Any) -> NewJob:
@@ -151,6 +160,7 @@ async def test_a_claim_sees_every_due_job_by_priority(queue: hp.Queue) -> None:
         "sqlite",
         "postgres",
         "redis",  # schedule_fire.lua moved next_run before insert() could refuse the job
+        "redis-cluster",
     ],
 )
 async def test_a_refused_schedule_tick_leaves_the_schedule_as_it_was(
@@ -191,13 +201,13 @@ async def _subscribers(url: str, channel: str) -> int:
 
 
 async def test_a_second_queue_followed_while_the_first_subscribes_is_subscribed(
-    redis_url: str,
+    redis_kind_url: str,
 ) -> None:
     from hydrapool.backends.redis.backend import RedisBackend, key_base
 
     missing = []
     for spins in range(6):
-        backend = RedisBackend(redis_url)
+        backend = RedisBackend(redis_kind_url)
         await backend.open()
         try:
             first = asyncio.create_task(backend.work_wait("qa", 0.01))
@@ -207,27 +217,27 @@ async def test_a_second_queue_followed_while_the_first_subscribes_is_subscribed(
             await asyncio.gather(first, second)
             await asyncio.sleep(0.1)
             wake = key_base(backend.prefix, "qb") + ":wake"
-            if await _subscribers(redis_url, wake) != 1:
+            if await _subscribers(redis_kind_url, wake) != 1:
                 missing.append(spins)
         finally:
             await backend.close()
     assert missing == [], f"qb's wake-ups were not followed (after {missing} loop turns)"
 
 
-async def test_a_reopened_queue_follows_its_wake_ups_again(redis_url: str) -> None:
+async def test_a_reopened_queue_follows_its_wake_ups_again(redis_kind_url: str) -> None:
     from hydrapool.backends.redis.backend import key_base
 
-    queue = hp.Queue(redis_url, name=f"t{uuid.uuid4().hex[:8]}")
+    queue = hp.Queue(redis_kind_url, name=f"t{uuid.uuid4().hex[:8]}")
     backend: Any = queue.backend
     wake = key_base(backend.prefix, queue.name) + ":wake"
     async with queue:
         await backend.work_wait(queue.name, 0.01)
-        assert await _subscribers(redis_url, wake) == 1
+        assert await _subscribers(redis_kind_url, wake) == 1
     async with queue:
         await backend.work_wait(queue.name, 0.01)
         await asyncio.sleep(0.1)
-        assert await _subscribers(redis_url, wake) == 1, "following the queue again"
-        other = hp.Queue(redis_url, name=queue.name)
+        assert await _subscribers(redis_kind_url, wake) == 1, "following the queue again"
+        other = hp.Queue(redis_kind_url, name=queue.name)
         async with other:
             await backend.job_claim(ClaimParams(queue.name, "w", 1, 30.0))
             waiting = asyncio.create_task(backend.work_wait(queue.name, 5.0))
@@ -237,13 +247,13 @@ async def test_a_reopened_queue_follows_its_wake_ups_again(redis_url: str) -> No
 
 
 # ── 7. key layout ─────────────────────────────────────────────────────────────
-async def test_two_prefixes_never_share_a_queue(redis_url: str) -> None:
+async def test_two_prefixes_never_share_a_queue(redis_kind_url: str) -> None:
     from hydrapool.backends.redis.backend import RedisBackend
 
     # Prefix 'p' with queue 'x:q' and prefix 'p:x' with queue 'q' would share every key:
     # a prefix may not contain ':' (queue names may).
-    one = RedisBackend(redis_url)
-    other_url = redis_url.replace(f"prefix={one.prefix}", f"prefix={one.prefix}:x")
+    one = RedisBackend(redis_kind_url)
+    other_url = redis_kind_url.replace(f"prefix={one.prefix}", f"prefix={one.prefix}:x")
     with pytest.raises(ValueError, match=r"prefix '.*:x'.*colons"):
         RedisBackend(other_url)
     try:

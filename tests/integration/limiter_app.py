@@ -7,6 +7,8 @@
     host) to LOG, written while the place is held.
 ``python limiter_app.py hold URL NAME LIMIT LEASE READY``
     acquires one place with lease LEASE, creates READY and waits to be killed.
+``python limiter_app.py once URL NAME LIMIT LOG``
+    waits for one place, holds it 20 ms and writes ``start <ns>`` / ``end <ns>`` to LOG.
 """
 
 from __future__ import annotations
@@ -44,6 +46,16 @@ async def hold(args: list[str]) -> None:
     await asyncio.Event().wait()
 
 
+async def once(args: list[str]) -> None:
+    url, name, limit, log = args
+    limiter = hp.Limiter(url, name, limit=int(limit))
+    async with limiter, limiter.acquire(timeout=60):
+        start = time.monotonic_ns()
+        await asyncio.sleep(0.02)
+        end = time.monotonic_ns()
+    Path(log).write_text(f"start {start}\nend {end}\n")
+
+
 if __name__ == "__main__":
     mode, rest = sys.argv[1], sys.argv[2:]
-    asyncio.run(run(rest) if mode == "run" else hold(rest))
+    asyncio.run({"run": run, "hold": hold, "once": once}[mode](rest))

@@ -5,6 +5,7 @@ after its lease."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -110,3 +111,52 @@ async def test_a_killed_holder_frees_its_place_after_its_lease(
         waited = time.monotonic() - killed
         assert waited < 1.5 + 2.0  # the lease, plus the first waiter's re-check
         assert await permit.release()
+
+
+async def wait_for_waiters(limiter: hp.Limiter, count: int) -> None:
+    async with asyncio.timeout(30):
+        while True:
+            if (await limiter.statistics()).waiters == count:
+                return
+            await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("handoff", [0, 2])
+async def test_a_waiter_in_another_process_is_overtaken_at_most_handoff_times(
+    store: str, tmp_path: Path, spawn: Callable[..., subprocess.Popen[bytes]], handoff: int
+) -> None:
+    """Waiters a1..a5 here and, second in line, r in another process. A place released
+    here passes straight to the next waiter here at most ``handoff`` times in a row,
+    then goes back to the shared line, where r is first: with handoff=2 the holds go
+    a1, a2, r, a3, a4, a5; with handoff=0 strictly in line order, a1, r, a2, ..."""
+    name = f"ho{uuid.uuid4().hex[:6]}"
+    log = tmp_path / "remote.log"
+    spans: dict[str, tuple[int, int]] = {}
+    async with hp.Limiter(store, name, limit=1, handoff=handoff) as limiter:
+        held = await limiter.acquire()
+
+        async def local(label: str) -> None:
+            async with limiter.acquire(timeout=60):
+                start = time.monotonic_ns()
+                await asyncio.sleep(0.02)
+                spans[label] = (start, time.monotonic_ns())
+
+        tasks = [asyncio.ensure_future(local("a1"))]
+        await wait_for_waiters(limiter, 1)
+        proc = spawn("once", store, name, 1, log)
+        await wait_for_waiters(limiter, 2)
+        for i, label in enumerate(["a2", "a3", "a4", "a5"]):
+            tasks.append(asyncio.ensure_future(local(label)))
+            await wait_for_waiters(limiter, 3 + i)
+        assert await held.release()
+        await asyncio.gather(*tasks)
+        await asyncio.to_thread(wait_all, [proc], 60)
+    (_, start), (_, end) = records(log)
+    spans["r"] = (start, end)
+    order = sorted(spans, key=lambda label: spans[label][0])
+    if handoff:
+        assert order == ["a1", "a2", "r", "a3", "a4", "a5"]
+    else:
+        assert order == ["a1", "r", "a2", "a3", "a4", "a5"]
+    holds = [spans[label] for label in order]
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(holds))  # one at a time

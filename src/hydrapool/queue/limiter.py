@@ -22,6 +22,14 @@ How a grant comes about (the backend's steps are in ``backends/base.py``):
 - Giving up (timeout, cancellation) leaves the line in one step that also
   gives back a grant that arrived meanwhile, so a cancelled waiter never
   keeps a permit.
+- Hand-off within a process (``handoff``, no rate): a released permit goes
+  straight to the longest-waiting task of this process waiting on the same
+  key and weight (any Limiter object of the same URL and settings), at most
+  ``handoff`` times in a row, then back to the shared line. Its token and
+  lease go with it; the receiver's own place in the line is given up in the
+  background. This saves the round trip through the store on most hand-offs
+  under contention, at the price of a stated, bounded unfairness towards
+  waiters in other processes (docs/limits.md, "Fairness").
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import functools
 import inspect
 import logging
 import math
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
@@ -75,10 +84,32 @@ class Permit:
     lost: bool = field(default=False)
     released: bool = field(default=False)
     _spec: LimitSpec | None = field(default=None, repr=False)
+    _passes: int = field(default=0, repr=False)  # hand-offs in a row within this process
+    _fresh_at: float = field(default=0.0, repr=False)  # monotonic: its lease last ran from
 
     async def release(self) -> bool:
         """Give the place back; False when the lease had already ended (nothing freed)."""
         return await self.limiter.release(self)
+
+
+@dataclass(eq=False, slots=True)
+class _Waiting:
+    """A task of this process waiting for a place: where a hand-off finds it."""
+
+    limiter: Limiter
+    ticket: str
+    weight: int
+    epoch: int
+    woken: asyncio.Event
+    handed: Permit | None = None
+    left: asyncio.Future[None] | None = None  # done when, handed a place, it left the line
+
+
+# The tasks of this process waiting for a place, first come first, by (event loop, URL,
+# limiter and key settings), whichever Limiter object they wait through. A permit passes
+# only to the first of them, and only within its own Limiter object (whose backend runs
+# the permit's later steps in order), so no waiter of this process is ever overtaken.
+_LINES: dict[tuple[int, str, LimitSpec], dict[_Waiting, None]] = {}
 
 
 class _Acquiring:
@@ -117,6 +148,9 @@ class Limiter:
     ``url`` is a queue URL (``memory://``, ``sqlite:///…``, ``postgresql://…``,
     ``redis://…``); every process using the same URL, ``name`` and settings
     shares the limits. ``lease``: seconds a grant lasts if its holder dies.
+    ``handoff``: how many times in a row a released place may go straight to the
+    first task of this process waiting on the same key (and weight) through this
+    object, instead of back through the store (0: never; always 0 with a ``rate``).
     """
 
     def __init__(
@@ -127,6 +161,7 @@ class Limiter:
         limit: int | None = None,
         rate: RateLimit | None = None,
         lease: float = 30.0,
+        handoff: int = 8,
     ) -> None:
         self.name = check_name("limiter", name)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
@@ -141,10 +176,15 @@ class Limiter:
             raise TypeError(f"lease must be a number of seconds, got {lease!r}")
         if not (math.isfinite(lease) and lease >= 0.1):
             raise ValueError(f"lease must be a finite number of seconds >= 0.1, got {lease!r}")
+        if isinstance(handoff, bool) or not isinstance(handoff, int):
+            raise TypeError(f"handoff must be an int, got {handoff!r}")
+        if handoff < 0:
+            raise ValueError(f"handoff must be >= 0 (0: never pass a place on), got {handoff!r}")
         self.url = url
         self.concurrency = limit  # (``limit`` names the decorator)
         self.rate = rate
         self.lease = float(lease)
+        self.handoff = 0 if rate is not None else handoff  # (each grant must meet the rate)
         self.backend: Backend = backend_from_url(url)
         self._opened = False
         self._opening = asyncio.Lock()
@@ -263,23 +303,35 @@ class Limiter:
     async def _acquire(self, key: str | int | None, timeout: float | None, weight: int) -> Permit:
         spec = self._spec(key)
         backend = await self._ready()
-        epoch = self._epoch
         self._acquiring += 1
         self._settled.clear()
         ticket = uuid.uuid4().hex
-        woken = backend.limiter_watch(ticket)
-        self._waiting.add(woken)
+        waiting = _Waiting(self, ticket, weight, self._epoch, backend.limiter_watch(ticket))
+        self._waiting.add(waiting.woken)
+        line = _LINES.setdefault(_line_key(self.url, spec), {})
+        line[waiting] = None
         try:
-            return await self._wait_turn(backend, spec, key, ticket, woken, timeout, weight, epoch)
+            permit = await self._wait_turn(backend, spec, key, ticket, waiting, timeout)
         except BaseException as exc:
+            _unline(self.url, spec, waiting)  # (no hand-off comes while we leave)
             await self._leave(backend, spec, ticket, exc)  # the line, or a grant that came
             raise
         finally:
-            self._waiting.discard(woken)
+            _unline(self.url, spec, waiting)
+            if waiting.handed is not None:  # handed while a step brought a grant too
+                self._spawn(self.release(waiting.handed))
+                _done(waiting.left)
+            self._waiting.discard(waiting.woken)
             backend.limiter_unwatch(ticket)
             self._acquiring -= 1
             if not self._acquiring:
                 self._settled.set()
+        if waiting.left is not None and not waiting.left.done():
+            # Took the place handed to it: its own place in the line goes, in the background
+            # (the release that handed it waits for that).
+            leaving = self._spawn(self._give_up(backend, spec, ticket))
+            leaving.add_done_callback(lambda _: _done(waiting.left))
+        return permit
 
     async def _wait_turn(
         self,
@@ -287,32 +339,37 @@ class Limiter:
         spec: LimitSpec,
         key: str | int | None,
         ticket: str,
-        woken: asyncio.Event,
+        waiting: _Waiting,
         timeout: float | None,
-        weight: int,
-        epoch: int,
     ) -> Permit:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
-            if self._epoch != epoch:
+            if waiting.handed is not None:
+                handed, waiting.handed = waiting.handed, None
+                return handed
+            if self._epoch != waiting.epoch:
                 raise Closed(f"limiter {self.name!r} was closed while waiting for a place")
-            woken.clear()
-            turn = await backend.limiter_acquire(spec, ticket, weight, True)
+            waiting.woken.clear()
+            turn = await backend.limiter_acquire(spec, ticket, waiting.weight, True)
             self._wake(backend, spec, turn)
-            if turn.token is not None and self._epoch == epoch:
-                return self._granted(spec, key, turn, weight)
+            if turn.token is not None and self._epoch == waiting.epoch:
+                return self._granted(spec, key, turn, waiting.weight)
             pause = self._pause(backend, turn)
             if deadline is not None:
                 left = deadline - loop.time()
-                if left <= 0:
+                if left <= 0 and waiting.handed is None:
                     raise TimeoutError(
                         f"limiter {self.name!r} key {key!r}: no place within {timeout:g} s "
                         f"({turn.ahead} waiting before us)"
                     )
                 pause = min(pause, left)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), pause)
+            if waiting.handed is None:
+                # (asyncio.timeout, not wait_for: on 3.11 wait_for may swallow a cancel
+                # that comes as the wake-up does, and a cancelled waiter keeps a place)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(pause):
+                        await waiting.woken.wait()
 
     async def _leave(
         self, backend: Backend, spec: LimitSpec, ticket: str, exc: BaseException
@@ -353,10 +410,50 @@ class Limiter:
     ) -> Permit:
         assert turn.token is not None
         permit = Permit(self, None if key is None else str(key), turn.token, weight, _spec=spec)
+        permit._fresh_at = time.monotonic()
+        self._hold(permit)
+        return permit
+
+    def _hold(self, permit: Permit) -> None:
         self._held[id(permit)] = permit
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
-        return permit
+
+    def _spawn(self, step: Awaitable[Any]) -> asyncio.Future[Any]:
+        """Run ``step`` in the background; ``close()`` waits for it."""
+        task = asyncio.ensure_future(step)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def _pass_on(self, permit: Permit) -> asyncio.Future[None] | None:
+        """Hand ``permit`` (token, lease and all) to the first task of this process waiting
+        on its key, when that task waits through this Limiter with the same weight, the
+        permit has not passed ``handoff`` times in a row, and its lease surely holds for
+        a while yet (renewed less than half a lease ago: renewals come every third, so it
+        is renewed in time wherever it goes). When handed: a future done once
+        the receiver's own place has left the line (or it took a grant of its own)."""
+        spec = permit._spec
+        if spec is None or permit.lost or permit._passes >= self.handoff:
+            return None
+        if time.monotonic() - permit._fresh_at >= self.lease / 2:
+            return None  # (a blocked loop may have let it lapse: the store will tell)
+        line = _LINES.get(_line_key(self.url, spec))
+        if not line:
+            return None
+        waiting = next(iter(line))
+        if waiting.limiter is not self or waiting.weight != permit.weight:
+            return None
+        if waiting.epoch != self._epoch or waiting.handed is not None:
+            return None
+        _unline(self.url, spec, waiting)
+        handed = Permit(self, permit.key, permit.token, permit.weight, _spec=spec)
+        handed._passes, handed._fresh_at = permit._passes + 1, permit._fresh_at
+        self._hold(handed)
+        waiting.handed = handed
+        waiting.woken.set()
+        waiting.left = asyncio.get_running_loop().create_future()
+        return waiting.left
 
     async def release(self, permit: Permit) -> bool:
         """Give a permit back; False (nothing freed) when its lease had ended or it was
@@ -367,6 +464,14 @@ class Limiter:
             return False
         permit.released = True
         self._held.pop(id(permit), None)
+        giving_up = self._pass_on(permit)
+        if giving_up is not None:
+            # The receiver starts at once; this release ends when the receiver's own
+            # place has left the store's line (so, once every release has returned,
+            # no place of a served waiter is left in it).
+            with contextlib.suppress(Exception):
+                await asyncio.shield(giving_up)
+            return True
         task = asyncio.ensure_future(self._release(permit))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -396,6 +501,7 @@ class Limiter:
                 assert permit._spec is not None
                 by_spec.setdefault(permit._spec, []).append(permit)
             for spec, permits in by_spec.items():
+                sent = time.monotonic()
                 try:
                     kept = await self.backend.limiter_renew(spec, [p.token for p in permits])
                     assert len(kept) == len(permits)
@@ -403,7 +509,9 @@ class Limiter:
                     logger.exception("renewing limiter %r permits failed; retrying", self.name)
                     continue
                 for permit, alive in zip(permits, kept, strict=True):
-                    if not alive and not permit.released:
+                    if alive:
+                        permit._fresh_at = sent
+                    elif not permit.released:
                         permit.lost = True
                         self._held.pop(id(permit), None)
                         logger.warning(
@@ -450,3 +558,21 @@ class Limiter:
         spec = self._spec(key)
         stats = await (await self._ready()).limiter_stats(spec)
         return LimiterStatistics(stats.holders, stats.held, stats.waiters, stats.recent)
+
+
+def _line_key(url: str, spec: LimitSpec) -> tuple[int, str, LimitSpec]:
+    return (id(asyncio.get_running_loop()), url, spec)
+
+
+def _done(left: asyncio.Future[None] | None) -> None:
+    if left is not None and not left.done():
+        left.set_result(None)
+
+
+def _unline(url: str, spec: LimitSpec, waiting: _Waiting) -> None:
+    where = _line_key(url, spec)
+    line = _LINES.get(where)
+    if line is not None:
+        line.pop(waiting, None)
+        if not line:
+            del _LINES[where]

@@ -28,7 +28,6 @@ from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from hydrapool.backends._deps import parents_of
@@ -52,6 +51,8 @@ from hydrapool.backends.base import (
     ScheduleRecord,
     stamp,
 )
+from hydrapool.backends.redis._connect import Script, connect, next_hub
+from hydrapool.exceptions import Closed
 from hydrapool.queue.events import Event, EventType
 
 __all__ = ["RedisBackend", "key_base"]
@@ -80,10 +81,13 @@ _SCRIPTS: dict[str, tuple[str, ...]] = {
     "schedule_fire": ("insert",),
     "event_since": (),
     "event_trim": (),
+    "channel_policy": (),
+    "queue_limits": (),
 }
 # The Limiter's steps start with limiter.lua instead of common.lua: they touch no queue.
 _LIMITER_SCRIPTS = (
     "limiter_acquire",
+    "limiter_arrive",
     "limiter_renew",
     "limiter_release",
     "limiter_cancel",
@@ -93,6 +97,7 @@ _LIMITER_SCRIPTS = (
 # connections (redis-py's pool refuses the 101st), and a crowd of waiters that start
 # together queues here instead, first come first served.
 _LIMITER_STEPS = 32
+_CROWD = 64  # newcomers of one key placed in one step at most
 _DELETE_CHUNK = 500
 _LIST_SPAN = 2000
 
@@ -103,13 +108,27 @@ class _Watch:
     watcher's subscription to the limiter's wake-ups is confirmed; ``heard``, resolved
     when a grant comes while the ticket's step is on its way."""
 
-    __slots__ = ("grant", "heard", "live", "woken")
+    __slots__ = ("arrived", "first", "grant", "heard", "live", "woken")
 
     def __init__(self) -> None:
+        self.arrived = False  # its first step was sent
+        self.first = False  # a wake-up said it is first in line now
         self.woken = asyncio.Event()
         self.grant: tuple[int, float, float] | None = None
         self.live: asyncio.Event | None = None
         self.heard: asyncio.Future[None] | None = None
+
+
+class _Crowd:
+    """Newcomers of one key whose first steps go as one (limiter_arrive.lua)."""
+
+    __slots__ = ("sent", "spec", "tickets", "turns")
+
+    def __init__(self, spec: LimitSpec) -> None:
+        self.spec = spec
+        self.tickets: list[str | int] = []  # ticket, weight, ticket, weight, ...
+        self.turns: list[asyncio.Future[list[Any]]] = []  # a result per ticket
+        self.sent: asyncio.Future[None] | None = None  # the step
 
 
 # Limiter tickets watched in this process, by (event loop, server and prefix), shared by
@@ -245,7 +264,8 @@ class RedisBackend:
     def __init__(self, url: str) -> None:
         self.url = url
         self._redis_url, self.prefix, self.events_max = _parse_url(url)
-        self._client: Any = None
+        self._client: Any = None  # redis-py's Redis, or its RedisCluster on a cluster
+        self._hub: Any = None  # the plain client pub/sub listens through (see _connect.py)
         self._scripts: dict[str, Any] = {}
         self._open_lock = asyncio.Lock()
         self._listener: asyncio.Task[None] | None = None
@@ -263,25 +283,22 @@ class RedisBackend:
         self._steps: dict[int, asyncio.Future[Any]] = {}  # token -> its acquire step, unfinished
         self._dropped = False  # pub/sub was lost since it last confirmed every channel
         self._limit_slots: asyncio.Semaphore | None = None  # made by open(), on its loop
+        self._crowds: dict[tuple[str, str], _Crowd] = {}  # (limiter, key) -> forming
+        self._arriving: dict[str, asyncio.Future[None]] = {}  # ticket -> its crowd's step
 
     def _base(self, queue: str) -> str:
         return key_base(self.prefix, queue)
 
     # ── connection ─────────────────────────────────────────────────────────
     async def open(self) -> None:
-        """Connect, check the server answers, and register the scripts."""
+        """Connect to the server, or to the cluster its node belongs to, and register the
+        scripts."""
         async with self._open_lock:
             if self._client is not None:
                 return
-            client = aioredis.Redis.from_url(self._redis_url, decode_responses=True)
-            try:
-                await client.ping()
-            except Exception:
-                await client.aclose()
-                raise
+            client, self._hub = await connect(self._redis_url)
             self._scripts = {
-                name: client.register_script(_script(name))
-                for name in (*_SCRIPTS, *_LIMITER_SCRIPTS)
+                name: Script(client, _script(name)) for name in (*_SCRIPTS, *_LIMITER_SCRIPTS)
             }
             self._limit_slots = asyncio.Semaphore(_LIMITER_STEPS)
             self._client = client
@@ -294,8 +311,11 @@ class RedisBackend:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await listener
         client, self._client = self._client, None
+        hub, self._hub = self._hub, None
         if client is not None:
             await client.aclose()
+        if hub is not None and hub is not client:
+            await hub.aclose()
         # Opened again, the backend follows its queues afresh.
         self._pubsub = None
         self._listening.clear()
@@ -532,30 +552,17 @@ class RedisBackend:
         text = f"{_opt(policy.max_concurrency)}:{_opt(policy.max_size)}"
         if policy.rate is not None:
             text += ":" + _rate_text(policy.rate)
-        client = await self._ready()
-        await client.hset(f"{self._base(queue)}:pol", channel, text)
-        await client.publish(f"{self._base(queue)}:wake", "1")
+        await self._run("channel_policy", queue, channel, text)
 
     async def channel_policy_clear(self, queue: str, channel: str) -> None:
         """Remove a channel's limits."""
-        client = await self._ready()
-        await client.hdel(f"{self._base(queue)}:pol", channel)
-        await client.publish(f"{self._base(queue)}:wake", "1")
+        await self._run("channel_policy", queue, channel, "")
 
     async def queue_limits_set(
         self, queue: str, max_concurrency: int | None, rate: tuple[int, float] | None = None
     ) -> None:
         """Cap the queue (None: no cap): ``:qmax`` and ``:qrate`` ("n:per"), set together."""
-        client = await self._ready()
-        base = self._base(queue)
-        async with client.pipeline(transaction=True) as pipe:
-            for key, value in ((":qmax", _opt(max_concurrency)), (":qrate", _rate_text(rate))):
-                if value:
-                    pipe.set(base + key, value)
-                else:
-                    pipe.delete(base + key)
-            pipe.publish(f"{base}:wake", "1")
-            await pipe.execute()
+        await self._run("queue_limits", queue, _opt(max_concurrency), _rate_text(rate))
 
     # ── schedules ──────────────────────────────────────────────────────────
     async def schedule_upsert(self, record: ScheduleRecord) -> None:
@@ -729,11 +736,12 @@ class RedisBackend:
         return True
 
     async def _listen(self) -> None:
-        """Follow pub/sub on a dedicated connection; reconnect with back-off when it drops."""
+        """Follow pub/sub on a dedicated connection; reconnect with back-off when it drops
+        (on a cluster, through the next node: the one it used may be gone)."""
         pause = 0.05
         while True:
-            client = await self._ready()
-            pubsub: Any = client.pubsub()
+            await self._ready()
+            pubsub: Any = self._hub.pubsub()
             try:
                 first = list(self._channels)
                 await pubsub.subscribe(*first)
@@ -763,6 +771,8 @@ class RedisBackend:
             self._wake_everyone()
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)
+            if self._hub is not self._client:
+                self._hub = await next_hub(self._redis_url, self._client, self._hub)
 
     def _message(self, message: Mapping[str, Any]) -> None:
         channel = str(message.get("channel"))
@@ -835,11 +845,60 @@ class RedisBackend:
         if not wait:
             return self._turn(await self._limit("limiter_acquire", spec, ticket, weight, "0"))
         await self._follow_limiter(spec.name, ticket)
-        step = asyncio.ensure_future(self._limit("limiter_acquire", spec, ticket, weight, "1"))
         watch = self._watched().get(ticket)
+        if watch is not None and watch.first and watch.arrived and spec.rate is None:
+            # Told it is first now, with no rate wait to time: it re-checks within
+            # limiter_poll from here (for holders that died), without a step now.
+            watch.first = False
+            return LimitTurn(None, None, 0, None)
+        if watch is not None and not watch.arrived:
+            watch.arrived = True
+            step: asyncio.Future[Any] = self._arrive(spec, ticket, weight)
+        else:
+            step = asyncio.ensure_future(self._limit("limiter_acquire", spec, ticket, weight, "1"))
         if watch is None:
             return self._turn(await step)
         return await self._step_or_grant(spec, ticket, watch, step)
+
+    def _arrive(self, spec: LimitSpec, ticket: str, weight: int) -> asyncio.Future[list[Any]]:
+        """A waiter's first step. The newcomers of a key that come in the same turn of the
+        event loop (a crowd starting together) go in one script, in the order they came,
+        as if each had its own step: one round trip instead of one each. The step is the
+        crowd's own task: a newcomer cancelled meanwhile does not stop it for the others
+        (and its own leaving waits for it, see ``limiter_cancel``)."""
+        where = (spec.name, spec.key)
+        crowd = self._crowds.get(where)
+        if crowd is None or crowd.spec != spec or len(crowd.turns) >= _CROWD:
+            crowd = self._crowds[where] = _Crowd(spec)
+            crowd.sent = asyncio.ensure_future(self._send_crowd(where, crowd))
+        crowd.tickets += [ticket, weight]
+        turn: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        crowd.turns.append(turn)
+        assert crowd.sent is not None
+        self._arriving[ticket] = crowd.sent
+        return turn
+
+    async def _send_crowd(self, where: tuple[str, str], crowd: _Crowd) -> None:
+        try:
+            await asyncio.sleep(0)  # the others of this turn of the loop join
+            if self._crowds.get(where) is crowd:
+                del self._crowds[where]
+            raw = await self._limit("limiter_arrive", crowd.spec, *crowd.tickets)
+        except BaseException as exc:
+            if self._crowds.get(where) is crowd:
+                del self._crowds[where]
+            _fail(crowd.turns, exc if isinstance(exc, Exception) else Closed("closed"))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        finally:
+            for ticket in crowd.tickets[::2]:
+                if self._arriving.get(str(ticket)) is crowd.sent:
+                    del self._arriving[str(ticket)]
+        wake = raw[-1]  # (announced; the first turn carries it, for the grants it names)
+        for i, turn in enumerate(crowd.turns):
+            if not turn.done():
+                turn.set_result([*raw[4 * i : 4 * i + 4], wake if i == 0 else ""])
 
     async def _step_or_grant(
         self, spec: LimitSpec, ticket: str, watch: _Watch, step: asyncio.Future[Any]
@@ -917,7 +976,9 @@ class RedisBackend:
         tickets = fields[1::2]
         for ticket, token in zip(tickets, fields[2::2], strict=True):
             watch = watched.get(ticket)
-            if watch is not None and token != "0":
+            if watch is not None and token == "0":
+                watch.first = True
+            elif watch is not None:
                 watch.grant = (int(token), ends, heard)
                 if watch.heard is not None and not watch.heard.done():
                     watch.heard.set_result(None)
@@ -938,7 +999,11 @@ class RedisBackend:
         return bool(done), self._heard(wake)
 
     async def limiter_cancel(self, spec: LimitSpec, ticket: str) -> tuple[str, ...]:
-        """Leave the line or give back a grant that came meanwhile, settle."""
+        """Leave the line or give back a grant that came meanwhile, settle (after the
+        ticket's first step, if still on its way: it must not place the ticket again)."""
+        arriving = self._arriving.get(ticket)
+        if arriving is not None:
+            await asyncio.wait([arriving])
         return self._heard(await self._limit("limiter_cancel", spec, ticket))
 
     async def limiter_stats(self, spec: LimitSpec) -> LimitStats:
@@ -998,6 +1063,12 @@ class RedisBackend:
 
 
 # ── helpers ─────────────────────────────────────────────────────────────────
+def _fail(turns: Sequence[asyncio.Future[Any]], exc: Exception) -> None:
+    for turn in turns:
+        if not turn.done():
+            turn.set_exception(exc)
+
+
 def _opt(value: int | None) -> str:
     return "" if value is None else str(value)
 

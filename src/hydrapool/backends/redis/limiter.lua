@@ -173,3 +173,35 @@ local function finish(woken)
   redis.call('PUBLISH', WAKE, wake)
   return wake
 end
+
+-- _limits._rate_wait: seconds until ``weight`` more fits the rate window (nil: the
+-- limit holds it back). The oldest grants leave the window first.
+local function rate_wait(weight)
+  if LIMIT ~= nil and HELD + weight > LIMIT then return nil end
+  if RATE == nil then return 0 end
+  local excess = RECENT + weight - RATE
+  if excess <= 0 then return 0 end
+  local start = 0
+  while true do
+    local page = redis.call('ZRANGE', R, start, start + 99, 'WITHSCORES')
+    if #page == 0 then return 0 end
+    for i = 1, #page, 2 do
+      excess = excess - log_weight(page[i])
+      if excess <= 0 then return math.max(0, tonumber(page[i + 1]) + PER - NOW) end
+    end
+    start = start + 100
+  end
+end
+
+-- A ticket not holding a grant: renew its place, or join the back of the line.
+local function queue_up(ticket, weight, wait, woken)
+  if redis.call('ZSCORE', W, ticket) then
+    redis.call('ZADD', E, NOW + LEASE, ticket)
+    return
+  end
+  redis.call('ZADD', W, redis.call('HINCRBY', S, 'seq', 1), ticket)
+  redis.call('ZADD', E, NOW + LEASE, ticket)
+  redis.call('HSET', S, '=' .. ticket, weight)
+  promote(woken)
+  if not wait and redis.call('ZSCORE', W, ticket) then leave_line(ticket) end
+end
