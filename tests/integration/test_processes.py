@@ -10,8 +10,10 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis.asyncio
 
 import hydrapool as hp
 
@@ -138,3 +140,70 @@ async def test_a_sigkilled_workers_job_completes_elsewhere(
     assert final.attempts == 2
     assert final.error is not None
     assert "lease expired" in final.error
+
+
+# ── Redis: jobs handed straight to idle workers (hand.lua) ─────────────────────
+async def idle_workers(queue: hp.Queue, url: str, count: int) -> Any:
+    """A Redis client, once ``count`` workers are registered as idle for ``queue``."""
+    from hydrapool.backends.redis.backend import key_base
+
+    client = redis.asyncio.Redis.from_url(url.split("?")[0], decode_responses=True)
+    base = key_base(queue.backend.prefix, queue.name)  # type: ignore[attr-defined]
+    async with asyncio.timeout(30):
+        while await client.hlen(f"{base}:idle") < count:
+            await asyncio.sleep(0.02)
+    return client, base
+
+
+@pytest.mark.parametrize("workers", ["redis"], indirect=True)
+async def test_jobs_handed_to_four_idle_worker_processes_keep_the_limits(
+    workers: Workers,
+) -> None:
+    queue = hp.Queue(workers.url, name=workers.name)
+    async with queue:
+        await queue.set_limits(max_concurrency=5)
+        await queue.channel("limited").set_policy(max_concurrency=3)
+        procs = [workers.start() for _ in range(4)]
+        await asyncio.gather(*(workers.ready(p) for p in procs))
+        client, base = await idle_workers(queue, workers.url, 4)
+        work = queue._task_of("work")
+        jobs = []
+        for _ in range(40):  # one at a time and in threes, while the workers idle
+            jobs.append(await work.options(channel="limited").enqueue("limited", 0.01))
+            jobs += await queue.enqueue_many(
+                [(work.options(channel=f"c{k}"), (f"c{k}", 0.01)) for k in range(3)]
+            )
+        ended = await wait_all_ended(queue, len(jobs))
+        handed = int(await client.get(f"{base}:hn") or 0)
+        await client.aclose()
+    assert {j.state for j in ended} == {hp.JobState.SUCCEEDED}
+    assert {j.attempts for j in ended} == {1}
+    assert handed > 0, "jobs were handed to idle workers"
+    assert len({j.return_value for j in ended}) > 1, "more than one process did work"
+    assert peak_concurrency(workers.log_dir) <= 5
+    assert peak_concurrency(workers.log_dir, "limited") <= 3
+
+
+@pytest.mark.parametrize("workers", ["redis"], indirect=True)
+async def test_jobs_handed_to_a_sigkilled_idle_worker_run_elsewhere(workers: Workers) -> None:
+    queue = hp.Queue(workers.url, name=workers.name)
+    async with queue:
+        victim = workers.start(lease=1.0)
+        await workers.ready(victim)
+        client, base = await idle_workers(queue, workers.url, 1)
+        [victim_id] = await client.hkeys(f"{base}:idle")
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(10)
+        work = queue._task_of("work").options(retry=hp.Retry(attempts=3))
+        jobs = await queue.enqueue_many([(work, ("c", 0.01))] * 3)
+        # Its registration outlives it: the jobs went to its inbox, under a lease.
+        assert await client.llen(f"{base}:in:{victim_id}") == 1
+        assert {(await j.refresh()).state for j in jobs} == {hp.JobState.RUNNING}
+        await client.aclose()
+        survivor = workers.start(lease=1.0)
+        await workers.ready(survivor)
+        finals = [await j.result(timeout=60) for j in jobs]
+        states = [await j.refresh() for j in jobs]
+    assert finals == [survivor.pid] * 3
+    assert all(s.state is hp.JobState.SUCCEEDED for s in states)
+    assert all(s.attempts == 2 and "lease expired" in (s.error or "") for s in states)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from hydrapool.queue.events import Event
 
@@ -31,6 +31,7 @@ __all__ = [
     "Emit",
     "Finish",
     "FinishResult",
+    "Hands",
     "Heartbeat",
     "JobRecord",
     "NewJob",
@@ -519,3 +520,26 @@ class Backend(Protocol):
     limiter_poll: float
     """Seconds a waiter first in line waits at most between checks (holders that died
     send nothing; a backend that cannot push also relies on it)."""
+
+
+@runtime_checkable
+class Hands(Protocol):
+    """A backend that can hand new jobs straight to idle workers (Redis).
+
+    ``job_inbox_open`` gives the worker an inbox: from then on, the worker's
+    claims also register it as idle with the slots they left free (for
+    ``idle_for`` seconds), and a step that makes jobs ready claims them for it,
+    within every limit, and pushes them to the inbox; ``deliver`` gets them
+    there, never more than the free slots its last claim registered, except
+    for a hand-off on its way while a claim is (the worker hands those back).
+    ``job_inbox_close`` unregisters the worker and returns once the jobs
+    already pushed to it were delivered.
+    """
+
+    async def job_inbox_open(
+        self, queue: str, worker: str, deliver: Callable[[list[Claim]], None], idle_for: float
+    ) -> None:
+        """Start taking ``worker``'s hand-offs and give each batch to ``deliver``."""
+
+    async def job_inbox_close(self, queue: str, worker: str) -> None:
+        """Stop registering ``worker`` as idle; deliver what was pushed to it; stop."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hydrapool._callables import call_maybe_async
-from hydrapool.backends.base import Claim, ClaimParams, Emit, Finish, JobRecord
+from hydrapool.backends.base import Claim, ClaimParams, Emit, Finish, Hands, JobRecord
 from hydrapool.exceptions import Fail, PayloadError, RetryAfter
 from hydrapool.queue import _signals
 from hydrapool.queue import events as ev
@@ -114,6 +114,7 @@ class Worker:
         self.idle_wait = float(idle_wait)
         self._resume_at = 0.0  # a channel this worker paused (hp.RetryAfter) resumes then
         self._pausing = False  # a pausing hand-back waits to be stored
+        self._taking = False  # jobs handed to this worker's inbox start (see _handed)
         self.handle_signals = handle_signals
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._coordinator = (
@@ -148,6 +149,10 @@ class Worker:
         """
         self.queue._local_workers.add(self)
         backend = await self.queue._backend_ready()
+        hands = backend if isinstance(backend, Hands) else None
+        if hands is not None:  # an idle worker gets new jobs pushed, without a claim trip
+            self._taking = True
+            await hands.job_inbox_open(self.queue.name, self.id, self._handed, self.idle_wait + 5.0)
         helpers = [asyncio.create_task(self._heartbeats())]
         if self._coordinator is not None:
             helpers.append(asyncio.create_task(self._coordinator.run(self._stop)))
@@ -162,6 +167,10 @@ class Worker:
                 if not claims or len(self._running) >= self.concurrency:
                     await self._wait(full=len(self._running) >= self.concurrency)
         finally:
+            self._taking = False
+            if hands is not None:
+                with contextlib.suppress(Exception):
+                    await hands.job_inbox_close(self.queue.name, self.id)
             await self._shut_down()  # also when the loop itself failed: hand jobs back
             for helper in helpers:
                 helper.cancel()
@@ -192,6 +201,16 @@ class Worker:
         for claim in claims:
             self._start(claim)
         return claims
+
+    def _handed(self, claims: list[Claim]) -> None:
+        """Jobs an enqueue claimed for this worker while it was idle (``Hands``): start
+        them. One that finds no free slot (it crossed a claim on its way) or comes while
+        the worker stops goes back to the queue, its attempt refunded."""
+        for claim in claims:
+            if self._taking and len(self._running) < self.concurrency:
+                self._start(claim)
+            else:
+                self._report(claim.job, Finish(claim.job.id, claim.lease, "queued"))
 
     async def _wait(self, *, full: bool) -> None:
         self._slot_freed.clear()

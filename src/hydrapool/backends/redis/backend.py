@@ -22,7 +22,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from importlib import resources
 from typing import Any, TypeVar
@@ -64,8 +64,9 @@ DEFAULT_PREFIX = "hydrapool"
 DEFAULT_EVENTS_MAX = 100_000
 # Scripts and the libraries they start with (after common.lua).
 _SCRIPTS: dict[str, tuple[str, ...]] = {
-    "enqueue": ("insert",),
-    "claim": (),
+    "enqueue": ("insert", "take", "hand"),
+    "claim": ("take",),
+    "unidle": (),
     "heartbeat": (),
     "finish": (),
     "cancel": (),
@@ -99,6 +100,7 @@ _LIMITER_SCRIPTS = (
 _LIMITER_STEPS = 32
 _CROWD = 64  # newcomers of one key placed in one step at most
 _DELETE_CHUNK = 500
+_INBOX_WAIT = 5  # seconds a worker's inbox reader waits in BLPOP before it asks again
 _LIST_SPAN = 2000
 
 
@@ -117,6 +119,31 @@ class _Watch:
         self.grant: tuple[int, float, float] | None = None
         self.live: asyncio.Event | None = None
         self.heard: asyncio.Future[None] | None = None
+
+
+class _Inbox:
+    """A worker's inbox (hand.lua): its keys, how long its claims register it as idle, its
+    reader, and the tags of the hand-offs it delivered: ``to_ack`` until a claim says so,
+    ``seen`` until that claim returned (a hand-off is delivered once)."""
+
+    __slots__ = ("got", "idle_for", "key", "reader", "seen", "to_ack")
+
+    def __init__(self, key: str, got: str, idle_for: float) -> None:
+        self.key, self.got, self.idle_for = key, got, idle_for
+        self.reader: asyncio.Task[None] | None = None
+        self.seen: set[str] = set()
+        self.to_ack: list[str] = []
+
+    def take(self, queue: str, item: str, deliver: Callable[[list[Claim]], None]) -> bool:
+        """Deliver the item's jobs unless delivered before; True for the final '~'."""
+        if item == "~":
+            return True
+        _, tag, body = item.split("\t", 2)
+        if tag not in self.seen:
+            self.seen.add(tag)
+            self.to_ack.append(tag)
+            deliver(_claims(queue, body))
+        return False
 
 
 class _Crowd:
@@ -285,6 +312,7 @@ class RedisBackend:
         self._limit_slots: asyncio.Semaphore | None = None  # made by open(), on its loop
         self._crowds: dict[tuple[str, str], _Crowd] = {}  # (limiter, key) -> forming
         self._arriving: dict[str, asyncio.Future[None]] = {}  # ticket -> its crowd's step
+        self._inboxes: dict[tuple[str, str], _Inbox] = {}  # (queue, worker) -> its inbox
 
     def _base(self, queue: str) -> str:
         return key_base(self.prefix, queue)
@@ -305,6 +333,11 @@ class RedisBackend:
 
     async def close(self) -> None:
         """Stop listening and release the connections."""
+        readers = [inbox.reader for inbox in self._inboxes.values() if inbox.reader]
+        self._inboxes.clear()
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.cancel()
@@ -389,25 +422,98 @@ class RedisBackend:
         queue = params.queue
         self._claim_marks.claimed(queue, self._notified.get(queue, 0))
         token = uuid.uuid4().hex  # one lease token per batch: (job id, token) fences
-        stored, out = await self._run(
-            "claim",
-            queue,
-            params.limit,
-            repr(params.lease),
-            token,
-            params.worker,
-            "" if params.channels is None else json.dumps(list(params.channels)),
-            "1" if emit else "0",
-            self.events_max,
-        )
-        claims = []
-        for fields in json.loads(out) if out != "{}" else ():  # Lua's empty table is "{}"
-            record = _job(queue, fields)
-            assert record.lease_expires_at is not None
-            claims.append(Claim(record, token, record.lease_expires_at, fields["was"]))
+        inbox = self._inboxes.get((queue, params.worker))
+        acks = inbox.to_ack if inbox is not None else []
+        if inbox is not None:
+            inbox.to_ack = []
+        try:
+            stored, out = await self._run(
+                "claim",
+                queue,
+                params.limit,
+                repr(params.lease),
+                token,
+                params.worker,
+                "" if params.channels is None else json.dumps(list(params.channels)),
+                "1" if emit else "0",
+                self.events_max,
+                "" if inbox is None else repr(inbox.idle_for),
+                "\t".join(acks),
+            )
+        except BaseException:
+            if inbox is not None:  # maybe not acknowledged: say so again next time
+                inbox.to_ack[:0] = acks
+            raise
+        if inbox is not None:
+            inbox.seen.difference_update(acks)
+        claims = _claims(queue, out)
         if claims:
             self._stored(emit, claims, stored)
         return claims
+
+    async def job_inbox_open(
+        self, queue: str, worker: str, deliver: Callable[[list[Claim]], None], idle_for: float
+    ) -> None:
+        """Give ``worker`` an inbox (see ``Hands`` and hand.lua): its claims register it as
+        idle for ``idle_for`` seconds, and a reader takes what enqueues push there."""
+        base = self._base(queue)
+        inbox = _Inbox(f"{base}:in:{worker}", f"{base}:got:{worker}", idle_for)
+        # Left by an earlier run of this worker that could not close them (its jobs are
+        # leased: the lease sweep frees them), they would stop the reader at once.
+        await (await self._ready()).delete(inbox.key, inbox.got)
+        loop = asyncio.get_running_loop()
+        inbox.reader = loop.create_task(self._read_inbox(queue, inbox, deliver))
+        self._inboxes[(queue, worker)] = inbox
+
+    async def job_inbox_close(self, queue: str, worker: str) -> None:
+        """Unregister ``worker``; its reader delivers what its inbox holds, then stops (5 s
+        at most: jobs left there are leased, and the lease sweep frees them)."""
+        inbox = self._inboxes.pop((queue, worker), None)
+        if inbox is None or inbox.reader is None:
+            return
+        try:
+            await self._run("unidle", queue, worker)
+            async with asyncio.timeout(5.0):
+                await asyncio.shield(inbox.reader)
+            await (await self._ready()).delete(inbox.got)
+        except Exception:  # unreachable: nothing more will be delivered
+            logger.warning(
+                "worker %s: its inbox could not be closed; jobs left in it wait for the "
+                "lease sweep",
+                worker,
+            )
+        finally:
+            inbox.reader.cancel()
+            await asyncio.gather(inbox.reader, return_exceptions=True)
+
+    async def _read_inbox(
+        self, queue: str, inbox: _Inbox, deliver: Callable[[list[Claim]], None]
+    ) -> None:
+        """Wait in BLMOVE for hand-offs and deliver each once, until the '~' of
+        unidle.lua. At the start and after a lost connection, deliver what was taken but
+        maybe never heard (B:got) first."""
+        pause, resync = 0.05, True
+        while True:
+            try:
+                client = await self._ready()
+                if resync:
+                    for item in await client.lrange(inbox.got, 0, -1):
+                        if inbox.take(queue, item, deliver):
+                            return
+                    resync = False
+                async with asyncio.timeout(_INBOX_WAIT + 5.0):  # a silent server: look again
+                    item = await client.blmove(inbox.key, inbox.got, _INBOX_WAIT, "LEFT", "RIGHT")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("waiting for hand-offs failed (%s); retrying", exc)
+                resync = True
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+                continue
+            pause = 0.05
+            if item is not None and inbox.take(queue, item, deliver):
+                return
 
     async def job_heartbeat_many(
         self, queue: str, leases: Mapping[str, str], lease: float
@@ -1063,6 +1169,17 @@ class RedisBackend:
 
 
 # ── helpers ─────────────────────────────────────────────────────────────────
+def _claims(queue: str, out: str) -> list[Claim]:
+    """Claims from a claim's JSON (each job's lease token is among its fields)."""
+    claims = []
+    for fields in json.loads(out):
+        record = _job(queue, fields)
+        assert record.lease is not None
+        assert record.lease_expires_at is not None
+        claims.append(Claim(record, record.lease, record.lease_expires_at, fields["was"]))
+    return claims
+
+
 def _fail(turns: Sequence[asyncio.Future[Any]], exc: Exception) -> None:
     for turn in turns:
         if not turn.done():
