@@ -771,7 +771,7 @@ class RedisBackend:
             return
         waker = self._event_wakers.setdefault(queue, asyncio.Event())
         waker.clear()
-        await self._subscribe(queue)
+        await self._subscribe(queue, "events")
         if await self.event_last(queue) > after:
             return
         await self._sleep_on(waker, timeout)
@@ -780,7 +780,7 @@ class RedisBackend:
     async def work_wait(self, queue: str, timeout: float) -> None:
         """Return on an announcement of work for ``queue`` since the last claim began,
         or after ``timeout``."""
-        if await self._subscribe(queue):
+        if await self._subscribe(queue, "work"):
             return  # just subscribed: anything sent before was missed, so look again
         if self._claim_marks.news(queue, self._notified.get(queue, 0)):
             return
@@ -815,12 +815,12 @@ class RedisBackend:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(waker.wait(), timeout)
 
-    async def _subscribe(self, queue: str) -> bool:
-        """Follow ``queue``'s announcements; True when this call started following them."""
-        base = self._base(queue)
-        return await self._follow(
-            {f"{base}:wake": (queue, "work"), f"{base}:evp": (queue, "events")}
-        )
+    async def _subscribe(self, queue: str, what: str) -> bool:
+        """Follow ``queue``'s announcements of ``what`` ("work", for idle workers, or
+        "events", for event subscribers: a worker alone does not hear of every step's
+        events); True when this call started following them."""
+        suffix = "wake" if what == "work" else "evp"
+        return await self._follow({f"{self._base(queue)}:{suffix}": (queue, what)})
 
     async def _follow(self, channels: Mapping[str, tuple[str, str]]) -> bool:
         """Subscribe to ``channels`` (each: (queue or limiter name, what it announces)) and
