@@ -53,10 +53,14 @@ class Emit(Generic[T]):
     commit together, and cost no extra write), then sets ``stored``: the
     events numbered and dated, for the core to hand to this process's
     subscribers. The core decides what the events are; the backend stores.
+    ``wanted``, when given, says whether this process has a subscriber for
+    ``stored`` right now: a backend whose store makes the events itself (Redis's
+    scripts) skips making the copies nobody would take.
     """
 
     make: Callable[[T], Sequence[Event]]
     stored: list[Event] = field(default_factory=list)
+    wanted: Callable[[], bool] | None = None
 
 
 def stamp(events: Sequence[Event], first: int, now: float) -> list[Event]:

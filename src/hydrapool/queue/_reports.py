@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from hydrapool.backends.base import Backend, Change, Emit, Finish, FinishResult, JobRecord
@@ -29,7 +29,11 @@ class Stored:
 
 
 def finish_events(
-    queue: str, finishes: Sequence[Finish], jobs: Sequence[JobRecord], worker: str | None
+    queue: str,
+    finishes: Sequence[Finish],
+    jobs: Sequence[JobRecord],
+    worker: str | None,
+    wanted: Callable[[], bool] | None = None,
 ) -> Emit[FinishResult]:
     """The events of these outcomes (``jobs``: each finish's job as claimed)."""
 
@@ -39,7 +43,7 @@ def finish_events(
             out += ev.for_finish(finish, state, job, worker or job.worker)
         return out + ev.for_changes(queue, result.changes)
 
-    return Emit(make)
+    return Emit(make, wanted=wanted)
 
 
 async def store_finishes(
@@ -49,13 +53,15 @@ async def store_finishes(
     jobs: Sequence[JobRecord],
     worker: str | None,
     pauses: Sequence[float] = (0.0,),
+    wanted: Callable[[], bool] | None = None,
 ) -> Stored:
     """Apply ``finishes`` (with their events) in one batch, retried after each pause;
     if that keeps failing, one by one, dropping (and logging) the ones that
-    cannot be stored. ``jobs`` are the finishes' jobs as claimed."""
+    cannot be stored. ``jobs`` are the finishes' jobs as claimed; ``wanted``: see
+    ``Emit``."""
     for pause in pauses:
         await asyncio.sleep(pause)
-        emit = finish_events(queue, finishes, jobs, worker)
+        emit = finish_events(queue, finishes, jobs, worker, wanted)
         try:
             result = await backend.job_finish_many(queue, finishes, emit=emit)
             return Stored(list(result.states), list(result.changes), emit.stored)
@@ -63,7 +69,7 @@ async def store_finishes(
             logger.exception("could not store %d job outcomes at once", len(finishes))
     stored = Stored([])
     for finish, job in zip(finishes, jobs, strict=True):
-        emit = finish_events(queue, [finish], [job], worker)
+        emit = finish_events(queue, [finish], [job], worker, wanted)
         try:
             one = await backend.job_finish_many(queue, [finish], emit=emit)
         except Exception:

@@ -604,6 +604,10 @@ class Queue:
         self.backend.work_notify(self.name)
 
     # ── events ─────────────────────────────────────────────────────────────
+    def _listened(self) -> bool:
+        """Whether a stream of this process takes pushed events now (see _published)."""
+        return bool(self._streams)
+
     def _published(self, events: list[ev.Event]) -> None:
         """Events this process just stored: to its streams that have not read yet."""
         if events:

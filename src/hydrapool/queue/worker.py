@@ -39,6 +39,8 @@ from hydrapool.queue.queue import EXTERNAL_TASK, Queue, Task, check_name, retry_
 __all__ = ["Worker", "WorkerStatistics"]
 
 logger = logging.getLogger("hydrapool.worker")
+_encode = json.JSONEncoder(allow_nan=False).encode  # results: json.dumps with an option
+# makes a new encoder on every call
 
 _CANCEL = "cancel"  # queue.cancel(): the job ends cancelled
 _HAND_BACK = "hand_back"  # graceful stop: back to the queue, attempt refunded
@@ -127,6 +129,9 @@ class Worker:
         self._finishes: list[tuple[Finish, JobRecord]] = []
         self._unstored: dict[str, str] = {}  # reported, not yet stored: job id -> lease
         self._flushing: asyncio.Task[None] | None = None
+        self._claiming = False  # run() is claiming, or waiting for a slot to claim for
+        self._next_claim: asyncio.Future[None] | None = None  # reports wait for it (_flush)
+        self._report_now = False  # a report that freed no slot waits for no claim
         self._stop = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._counts = dict.fromkeys(
@@ -157,6 +162,7 @@ class Worker:
         if self._coordinator is not None:
             helpers.append(asyncio.create_task(self._coordinator.run(self._stop)))
         _signals.register(self, self.handle_signals)
+        self._claiming = True
         try:
             while not self._stop.is_set():
                 claims = await self._claim_some(backend)
@@ -168,6 +174,8 @@ class Worker:
                     await self._wait(full=len(self._running) >= self.concurrency)
         finally:
             self._taking = False
+            self._claiming = False
+            self._claim_going()
             if hands is not None:
                 with contextlib.suppress(Exception):
                     await hands.job_inbox_close(self.queue.name, self.id)
@@ -183,19 +191,33 @@ class Worker:
         """Claim what free slots allow and start it; None when the claim failed."""
         free = self.concurrency - len(self._running)
         if free <= 0:
+            self._claim_going()
             return []
         params = ClaimParams(self.queue.name, self.id, free, self.lease, self.channels)
         if self._pausing and self._flushing is not None:
             # A channel pause is stored before the next claim, which could take its jobs.
             self._pausing = False
-            await asyncio.wait([self._flushing])  # (cancelling us does not cancel it)
+            self._claiming = False  # (the reports must not wait for this claim)
+            self._claim_going()
+            try:
+                await asyncio.wait([self._flushing])  # (cancelling us does not cancel it)
+            finally:
+                self._claiming = True
         try:
-            emit = Emit(functools.partial(ev.for_claims, worker=self.id))
+            emit = Emit(
+                functools.partial(ev.for_claims, worker=self.id), wanted=self.queue._listened
+            )
+            self._claim_going()  # it is sent now, before the reports (see _claim_soon)
             claims: list[Claim] = await backend.job_claim(params, emit=emit)
         except Exception:  # a locked or unreachable store: back off, never die
             logger.exception("claiming jobs failed; retrying shortly")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), 1.0)
+            self._claiming = False  # (the reports go meanwhile)
+            self._claim_going()
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 1.0)
+            finally:
+                self._claiming = True
             return None
         self.queue._published(emit.stored)
         for claim in claims:
@@ -210,9 +232,12 @@ class Worker:
             if self._taking and len(self._running) < self.concurrency:
                 self._start(claim)
             else:
+                self._report_now = True  # (no slot was freed: no claim follows)
+                self._claim_going()
                 self._report(claim.job, Finish(claim.job.id, claim.lease, "queued"))
 
     async def _wait(self, *, full: bool) -> None:
+        self._claim_going()  # no claim now: the reports waiting go (new ones wait for a slot)
         self._slot_freed.clear()
         waits: list[asyncio.Future[Any]] = [
             asyncio.ensure_future(self._stop.wait()),
@@ -227,6 +252,24 @@ class Worker:
         finally:
             for waiter in waits:
                 waiter.cancel()
+
+    def _claim_soon(self) -> asyncio.Future[None] | None:
+        """For reports about to be stored: done once run() sent its next claim (or will
+        send none soon); None when no claim is coming (stopping, backing off, pausing).
+        A report comes from a run that ended, so its slot is free and run() claims for
+        it next: when the claim reaches the store first, the slot's next job starts one
+        store step sooner (the store runs commands in order; the reports can wait)."""
+        if not self._claiming or self._pausing or self._report_now:
+            return None
+        if self._next_claim is None:
+            self._next_claim = asyncio.get_running_loop().create_future()
+        return self._next_claim
+
+    def _claim_going(self) -> None:
+        """A claim is on its way, or none comes now: the reports waiting for it go."""
+        going, self._next_claim = self._next_claim, None
+        if going is not None and not going.done():
+            going.set_result(None)
 
     def _idle(self) -> float:
         """How long to wait for work: ``idle_wait``, or less when a channel this worker
@@ -295,7 +338,7 @@ class Worker:
             self._failed(claim, exc, payload, task)
             return
         try:
-            result = json.dumps(value, allow_nan=False)
+            result = "null" if value is None else _encode(value)
         except (TypeError, ValueError) as exc:
             error = PayloadError(f"task {job.task!r} returned a value that is not JSON: {exc}")
             self._report(job, Finish(job.id, claim.lease, "failed", error=_text(error)))
@@ -367,6 +410,10 @@ class Worker:
 
     async def _flush(self) -> None:
         while self._finishes:
+            going = self._claim_soon()
+            if going is not None:
+                await asyncio.wait([going])  # (cancelling us does not cancel it)
+            self._report_now = False
             pairs, self._finishes = self._finishes, []
             batch = [finish for finish, _ in pairs]
             try:
@@ -397,7 +444,9 @@ class Worker:
     async def _record(self, batch: list[Finish], jobs: list[JobRecord]) -> Stored:
         """Store reports; a batch that keeps failing goes one by one, so none blocks."""
         backend, name = self.queue.backend, self.queue.name
-        return await store_finishes(backend, name, batch, jobs, self.id, (0.0, 0.2, 1.0))
+        return await store_finishes(
+            backend, name, batch, jobs, self.id, (0.0, 0.2, 1.0), self.queue._listened
+        )
 
     async def _heartbeats(self) -> None:
         backend = self.queue.backend

@@ -382,8 +382,8 @@ class RedisBackend:
 
     def _stored(self, emit: Emit[T] | None, result: T, stored: Sequence[Any]) -> None:
         """Give the core's own copies of a step's events the numbers the script gave them."""
-        if emit is None:
-            return
+        if emit is None or (emit.wanted is not None and not emit.wanted()):
+            return  # (the script stored the events; no subscriber here takes copies)
         events = emit.make(result)
         first, at, count = int(stored[0]), float(stored[1]), int(stored[2])
         if len(events) != count:

@@ -15,6 +15,17 @@ local function pause(channel, seconds)
   end
 end
 
+-- Leases to drop and ended jobs to index: one call per thousand at the end (flush_sets).
+local UNLEASED, ENDED = {}, {}
+local function flush_sets()
+  for i = 1, #UNLEASED, 1000 do
+    redis.call('ZREM', B .. ':lease', unpack(UNLEASED, i, math.min(i + 999, #UNLEASED)))
+  end
+  for i = 1, #ENDED, 1000 do
+    redis.call('ZADD', B .. ':ended', unpack(ENDED, i, math.min(i + 999, #ENDED)))
+  end
+end
+
 local function apply(f)
   local id, fstate = f[1], f[3]
   local job = job_get(id)
@@ -24,7 +35,7 @@ local function apply(f)
   if job.cancel_requested and (state == 'retrying' or state == 'queued') then state = 'cancelled' end
   local sets, drops = {}, { 'lease', 'lease_expires_at' }
   local function set(k, v) sets[#sets + 1] = k; sets[#sets + 1] = v end
-  redis.call('ZREM', B .. ':lease', id)
+  UNLEASED[#UNLEASED + 1] = id
   if job.max_processing then redis.call('ZREM', B .. ':deadline', id) end
   if state == 'cancelled' and fstate ~= 'cancelled' then
     set('finished_at', f17(NOW))
@@ -59,7 +70,8 @@ local function apply(f)
   elseif state == 'retrying' then
     redis.call('ZADD', B .. ':delayed', NOW + f[6], id)
   else
-    redis.call('ZADD', B .. ':ended', job.finished_at, id)
+    ENDED[#ENDED + 1] = job.finished_at
+    ENDED[#ENDED + 1] = id
     resolve(id, state, job.kids)
   end
   return state, job
@@ -97,6 +109,7 @@ for i, f in ipairs(cjson.decode(ARGV[3])) do
   if state == 'queued' or state == 'retrying' then back = true end
   if state then freed[job.channel] = true end
 end
+flush_sets()
 changes_events()
 -- Wake idle workers when jobs came back, children were released, or a slot of a
 -- capped channel (or queue) was freed.
