@@ -512,8 +512,12 @@ class RedisBackend:
                 pause = min(pause * 2, 5.0)
                 continue
             pause = 0.05
-            if item is not None and inbox.take(queue, item, deliver):
-                return
+            if item is not None:
+                if inbox.take(queue, item, deliver):
+                    return
+                # The jobs start before the next BLMOVE is sent (a send can cost more
+                # than starting them).
+                await asyncio.sleep(0)
 
     async def job_heartbeat_many(
         self, queue: str, leases: Mapping[str, str], lease: float
