@@ -257,6 +257,15 @@ class _Crowd:
     rows: list[asyncio.Future[Row]] = field(default_factory=list)
 
 
+@dataclass(eq=False, slots=True)
+class _Leaving:
+    """Tickets of one key giving up, sent as one step; ``woken``: that step."""
+
+    spec: LimitSpec
+    tickets: list[str]
+    woken: asyncio.Future[tuple[str, ...]] | None = None
+
+
 # ── the backend's methods ─────────────────────────────────────────────────
 
 
@@ -284,6 +293,7 @@ class LimiterSteps:
         self._acquiring: dict[str, asyncio.Future[Row]] = {}
         self._late: dict[int, asyncio.Future[Row]] = {}
         self._crowds: dict[tuple[str, str], _Crowd] = {}
+        self._leaving: dict[tuple[str, str], _Leaving] = {}  # give-ups gathering, by key
         self._turns = Turns()
 
     def _limiter_heard(self, payload: str) -> None:
@@ -434,10 +444,33 @@ class LimiterSteps:
         return bool(done), tuple(woken)
 
     async def limiter_cancel(self, spec: LimitSpec, ticket: str) -> tuple[str, ...]:
-        """Leave the line, or give back a grant that came meanwhile; settle, wake."""
+        """Leave the line, or give back a grant that came meanwhile; settle, wake.
+
+        Tickets of the key that give up while this one waits for its turn go in the
+        same step (hand-offs within a process give up a ticket each, and one step each
+        would hold up the key's releases)."""
         await self._after_steps([self._acquiring.get(ticket)])
-        params = {**self._limit_params(spec), "ticket": _ticket(ticket)}
-        return tuple((await self._limit_step(spec, "limiter_cancel", params))[0])
+        where = (spec.name, spec.key)
+        leaving = self._leaving.get(where)
+        if leaving is not None and leaving.spec == spec and len(leaving.tickets) < CROWD:
+            leaving.tickets.append(_ticket(ticket))
+        else:
+            leaving = self._leaving[where] = _Leaving(spec, [_ticket(ticket)])
+            # Its own task: a give-up that was cancelled still takes the others along.
+            leaving.woken = asyncio.ensure_future(self._send_leaving(where, leaving))
+        assert leaving.woken is not None
+        return await asyncio.shield(leaving.woken)
+
+    async def _send_leaving(self, where: tuple[str, str], leaving: _Leaving) -> tuple[str, ...]:
+        try:
+            async with self._turns.turn(*where, newcomer=False):
+                if self._leaving.get(where) is leaving:
+                    del self._leaving[where]  # complete: later ones form another
+                params = {**self._limit_params(leaving.spec), "tickets": leaving.tickets}
+                return tuple((await self._rows("limiter_cancel", params))[0][0])
+        finally:
+            if self._leaving.get(where) is leaving:
+                del self._leaving[where]
 
     async def limiter_stats(self, spec: LimitSpec) -> LimitStats:
         """Counts after dropping what ended (no promotion)."""

@@ -449,8 +449,13 @@ FROM {schema}.limiter_release(%(name)s, %(key)s, %(limit)s::bigint, %(rate)s::bi
                               %(per)s::float8, %(lease)s::float8, %(token)s::bigint);
 
 -- name: limiter_cancel
-SELECT {schema}.limiter_cancel(%(name)s, %(key)s, %(limit)s::bigint, %(rate)s::bigint,
-                               %(per)s::float8, %(lease)s::float8, %(ticket)s);
+-- Give up the tickets %(tickets)s of one key, one after the other, in one round
+-- trip; the tickets to wake, all together.
+SELECT COALESCE(array_agg(woken), '{}')
+FROM (SELECT unnest({schema}.limiter_cancel(%(name)s, %(key)s, %(limit)s::bigint,
+                                            %(rate)s::bigint, %(per)s::float8,
+                                            %(lease)s::float8, ticket)) AS woken
+      FROM unnest(%(tickets)s::text[]) WITH ORDINALITY AS t(ticket, n)) AS w;
 
 -- name: limiter_stats
 SELECT o_holders, o_held, o_waiters, o_recent
