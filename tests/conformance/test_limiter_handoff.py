@@ -147,3 +147,26 @@ async def test_a_place_whose_lease_may_have_lapsed_is_not_passed(url: str) -> No
 def test_a_bad_handoff_is_refused(handoff: object, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         hp.Limiter("memory://", "h", limit=1, handoff=handoff)  # type: ignore[arg-type]
+
+
+async def test_a_burst_of_hand_offs_leaves_no_ticket_behind_and_never_exceeds_the_limit(
+    url: str,
+) -> None:
+    # Many waiters served by hand-off give up their own places in the line at about the
+    # same time (on PostgreSQL, together in one step): none may stay behind.
+    inside = peak = 0
+    async with hp.Limiter(url, name(), limit=3, handoff=50) as limiter:
+
+        async def one() -> None:
+            nonlocal inside, peak
+            async with limiter.acquire():
+                inside += 1
+                peak = max(peak, inside)
+                await asyncio.sleep(0.001)
+                inside -= 1
+
+        await asyncio.wait_for(asyncio.gather(*(one() for _ in range(60))), 30)
+        await wait_for_waiters(limiter, 0)
+        stats = await limiter.statistics()
+    assert (stats.holders, stats.held, stats.waiters) == (0, 0, 0)
+    assert peak == 3
