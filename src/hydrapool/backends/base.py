@@ -533,11 +533,12 @@ class Hands(Protocol):
     ``job_inbox_open`` gives the worker an inbox: from then on, the worker's
     claims also register it as idle with the slots they left free (for
     ``idle_for`` seconds), and a step that makes jobs ready claims them for it,
-    within every limit, and pushes them to the inbox; ``deliver`` gets them
-    there, never more than the free slots its last claim registered, except
-    for a hand-off on its way while a claim is (the worker hands those back).
-    ``job_inbox_close`` unregisters the worker and returns once the jobs
-    already pushed to it were delivered.
+    within every limit, and pushes them to the inbox; ``deliver`` gets them.
+    A hand-off counts against the worker's claims until a later claim of the
+    worker acknowledges it, so the worker is never given more than its free
+    slots (should one arrive without a free slot anyway, after a failed claim,
+    the worker hands it back). ``job_inbox_close`` unregisters the worker and
+    returns once the jobs already pushed to it were delivered.
     """
 
     async def job_inbox_open(

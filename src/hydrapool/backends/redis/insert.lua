@@ -60,9 +60,9 @@ local function plan_batch(jobs)
       local waiting, doomed, err = plan_parents(i, j, batch)
       if err then return nil, err end
       if sizes[channel] == nil then
-        sizes[channel] = channel_size(channel)
         local _, maxs = policy(channel)
         limits[channel] = maxs or false
+        sizes[channel] = maxs and channel_size(channel) or 0 -- (only a max_size reads it)
       end
       local run_at = j[8] or (NOW + j[7])
       local state = 'queued'
@@ -99,9 +99,11 @@ local function write_job(j, p, detail)
     fields[#fields + 1] = 'finished_at'; fields[#fields + 1] = f17(NOW)
     fields[#fields + 1] = 'error'; fields[#fields + 1] = err
   end
+  fields[#fields + 1] = 'state'; fields[#fields + 1] = state
   redis.call('HSET', jkey(id), unpack(fields))
   redis.call('ZADD', B .. ':all', order, id)
-  move(job, state)
+  count(state, channel, 1) -- (move() without a second HSET)
+  job.state = state
   if state == 'queued' then
     ready_add(job)
   elseif state == 'waiting' and #p.waiting > 0 then
