@@ -8,7 +8,7 @@ Prints one JSON object. For each backend:
   grant to the last release (as the holders record them) and ``ratio`` is
   ``wall_s / 2.5`` (target <= 1.15 on redis and postgres). Measured with the
   default ``handoff`` (a released place may pass straight to the next waiter in
-  the same process, 8 times in a row at most) and again with ``handoff=0``
+  the same process, 16 times in a row at most) and again with ``handoff=0``
   (every place goes back through the store: strict first come, first served
   across processes), reported as ``strict``;
 - overhead: one process, one task, ``acquire`` + ``release`` 1,000 times with

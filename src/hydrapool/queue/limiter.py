@@ -161,7 +161,7 @@ class Limiter:
         limit: int | None = None,
         rate: RateLimit | None = None,
         lease: float = 30.0,
-        handoff: int = 8,
+        handoff: int = 16,
     ) -> None:
         self.name = check_name("limiter", name)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
