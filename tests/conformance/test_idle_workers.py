@@ -5,7 +5,11 @@ stopped worker takes nothing new."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 from typing import Any
+
+import pytest
 
 import hydrapool as hp
 
@@ -46,6 +50,17 @@ class Gate:
                 await self.changed.wait()
 
 
+async def check_then_open(gate: Gate, jobs: list[hp.Job], running: int) -> None:
+    """Once ``running`` jobs run: exactly those run and the rest wait; then let all end."""
+    await gate.until_running(running)
+    states = [(await j.refresh()).state for j in jobs]
+    assert states.count(hp.JobState.RUNNING) == running
+    assert states.count(hp.JobState.QUEUED) == len(jobs) - running
+    gate.open.set()
+    for job in jobs:
+        await job.result(timeout=10)
+
+
 async def warm_up(queue: hp.Queue) -> None:
     """Run one job, so the worker has claimed and gone idle."""
 
@@ -68,13 +83,7 @@ async def test_jobs_enqueued_one_by_one_to_an_idle_worker_stay_within_its_concur
     worker, task = start(queue, concurrency=2)
     await warm_up(queue)
     jobs = [await held.enqueue() for _ in range(12)]
-    await gate.until_running(2)
-    states = [(await j.refresh()).state for j in jobs]
-    assert states.count(hp.JobState.RUNNING) == 2
-    assert states.count(hp.JobState.QUEUED) == 10
-    gate.open.set()
-    for job in jobs:
-        await job.result(timeout=10)
+    await check_then_open(gate, jobs, 2)
     await stop(worker, task)
     assert gate.peak == 2
     assert worker.statistics().succeeded == 13
@@ -93,13 +102,7 @@ async def test_a_batch_enqueued_to_an_idle_worker_keeps_the_channel_limit(
     worker, task = start(queue, concurrency=5)
     await warm_up(queue)
     jobs = await queue.enqueue_many([(held.options(channel="narrow"), ())] * 4)
-    await gate.until_running(1)
-    states = [(await j.refresh()).state for j in jobs]
-    assert states.count(hp.JobState.RUNNING) == 1
-    assert states.count(hp.JobState.QUEUED) == 3
-    gate.open.set()
-    for job in jobs:
-        await job.result(timeout=10)
+    await check_then_open(gate, jobs, 1)
     await stop(worker, task)
     assert gate.peak == 1
 
@@ -144,3 +147,26 @@ async def test_a_stopped_worker_takes_no_new_job(queue: hp.Queue) -> None:
     await job.result(timeout=10)
     await stop(worker, task)
     assert ran == ["after"]
+
+
+async def test_a_worker_idle_past_the_socket_timeout_still_takes_hand_offs_at_once(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # redis-py's connections time out after 5 s: the inbox's blocking waits must end
+    # before that, quietly, and the worker must keep taking hand-offs without delay.
+    queue = hp.Queue(redis_url, name=f"t{uuid.uuid4().hex[:8]}")
+    started = asyncio.Event()
+
+    @queue.task
+    async def mark() -> None:
+        started.set()
+
+    async with queue:
+        worker, task = start(queue, concurrency=2, idle_wait=30.0)
+        await warm_up(queue)
+        await asyncio.sleep(6.0)  # idle, the subject of this test
+        with caplog.at_level(logging.WARNING, logger="hydrapool"):
+            await mark.enqueue()
+            await asyncio.wait_for(started.wait(), 1.0)  # not after a back-off or poll
+        await stop(worker, task)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

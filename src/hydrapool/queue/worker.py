@@ -176,26 +176,24 @@ class Worker:
             self._taking = False
             self._claiming = False
             self._claim_going()
-            if hands is not None:
-                with contextlib.suppress(Exception):
-                    await hands.job_inbox_close(self.queue.name, self.id)
-            await self._shut_down()  # also when the loop itself failed: hand jobs back
-            for helper in helpers:
-                helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
-            _signals.unregister(self)
-            self.queue._local_workers.discard(self)
-            self._stop.clear()  # the worker may run again
+            try:
+                if hands is not None:
+                    with contextlib.suppress(Exception):
+                        await hands.job_inbox_close(self.queue.name, self.id)
+            finally:  # (also when cancelled again meanwhile)
+                await self._shut_down()  # also when the loop itself failed: hand jobs back
+                for helper in helpers:
+                    helper.cancel()
+                await asyncio.gather(*helpers, return_exceptions=True)
+                _signals.unregister(self)
+                self.queue._local_workers.discard(self)
+                self._stop.clear()  # the worker may run again
 
     async def _claim_some(self, backend: Any) -> list[Claim] | None:
         """Claim what free slots allow and start it; None when the claim failed."""
-        free = self.concurrency - len(self._running)
-        if free <= 0:
-            self._claim_going()
-            return []
-        params = ClaimParams(self.queue.name, self.id, free, self.lease, self.channels)
         if self._pausing and self._flushing is not None:
             # A channel pause is stored before the next claim, which could take its jobs.
+            # (Counted after it: jobs handed to this worker meanwhile took slots.)
             self._pausing = False
             self._claiming = False  # (the reports must not wait for this claim)
             self._claim_going()
@@ -203,6 +201,11 @@ class Worker:
                 await asyncio.wait([self._flushing])  # (cancelling us does not cancel it)
             finally:
                 self._claiming = True
+        free = self.concurrency - len(self._running)
+        if free <= 0:
+            self._claim_going()
+            return []
+        params = ClaimParams(self.queue.name, self.id, free, self.lease, self.channels)
         try:
             emit = Emit(
                 functools.partial(ev.for_claims, worker=self.id), wanted=self.queue._listened

@@ -100,7 +100,10 @@ _LIMITER_SCRIPTS = (
 _LIMITER_STEPS = 32
 _CROWD = 64  # newcomers of one key placed in one step at most
 _DELETE_CHUNK = 500
-_INBOX_WAIT = 5  # seconds a worker's inbox reader waits in BLPOP before it asks again
+# Seconds a worker's inbox reader waits in BLMOVE before it looks again: well below
+# redis-py's socket timeout (5 s), which would otherwise end every idle wait in an error.
+_INBOX_WAIT = 2
+_SEEN_MAX = 1000  # delivered tags remembered before the reader trims them (see _Inbox)
 _LIST_SPAN = 2000
 
 
@@ -138,12 +141,30 @@ class _Inbox:
         """Deliver the item's jobs unless delivered before; True for the final '~'."""
         if item == "~":
             return True
-        _, tag, body = item.split("\t", 2)
-        if tag not in self.seen:
-            self.seen.add(tag)
-            self.to_ack.append(tag)
-            deliver(_claims(queue, body))
+        try:
+            _, tag, body = item.split("\t", 2)
+            if tag in self.seen:
+                return False
+            claims = _claims(queue, body)
+        except (ValueError, KeyError, TypeError):  # (not ours to run: leased, it is rescued)
+            logger.exception("an inbox item could not be read: %.200r", item)
+            return False
+        self.seen.add(tag)
+        self.to_ack.append(tag)
+        try:
+            deliver(claims)
+        except Exception:  # the reader must go on (the jobs are leased: rescued later)
+            logger.exception("delivering handed jobs failed")
         return False
+
+    def catch_up(
+        self, queue: str, held: Sequence[str], deliver: Callable[[list[Claim]], None]
+    ) -> bool:
+        """Deliver what B:got holds and was never delivered; forget the tags it no longer
+        holds (a claim acknowledged them, and tags are never reused). True for '~'."""
+        still = {item.split("\t", 2)[1] for item in held if item.count("\t") >= 2}
+        self.seen &= still
+        return any([self.take(queue, item, deliver) for item in held])
 
 
 class _Crowd:
@@ -444,8 +465,6 @@ class RedisBackend:
             if inbox is not None:  # maybe not acknowledged: say so again next time
                 inbox.to_ack[:0] = acks
             raise
-        if inbox is not None:
-            inbox.seen.difference_update(acks)
         claims = _claims(queue, out)
         if claims:
             self._stored(emit, claims, stored)
@@ -490,18 +509,19 @@ class RedisBackend:
         self, queue: str, inbox: _Inbox, deliver: Callable[[list[Claim]], None]
     ) -> None:
         """Wait in BLMOVE for hand-offs and deliver each once, until the '~' of
-        unidle.lua. At the start and after a lost connection, deliver what was taken but
-        maybe never heard (B:got) first."""
+        unidle.lua. First, after a lost connection, after each wait that brought
+        nothing, and when many tags were delivered, read B:got again: an item moved
+        there whose reply never came (a dropped connection, a retried command) is
+        delivered then, and the tags no longer there are forgotten."""
         pause, resync = 0.05, True
         while True:
             try:
                 client = await self._ready()
-                if resync:
-                    for item in await client.lrange(inbox.got, 0, -1):
-                        if inbox.take(queue, item, deliver):
-                            return
+                if resync or len(inbox.seen) > _SEEN_MAX:
+                    if inbox.catch_up(queue, await client.lrange(inbox.got, 0, -1), deliver):
+                        return
                     resync = False
-                async with asyncio.timeout(_INBOX_WAIT + 5.0):  # a silent server: look again
+                async with asyncio.timeout(_INBOX_WAIT + 10.0):  # a silent server
                     item = await client.blmove(inbox.key, inbox.got, _INBOX_WAIT, "LEFT", "RIGHT")
             except asyncio.CancelledError:
                 raise
@@ -512,12 +532,14 @@ class RedisBackend:
                 pause = min(pause * 2, 5.0)
                 continue
             pause = 0.05
-            if item is not None:
-                if inbox.take(queue, item, deliver):
-                    return
-                # The jobs start before the next BLMOVE is sent (a send can cost more
-                # than starting them).
-                await asyncio.sleep(0)
+            if item is None:
+                resync = True
+                continue
+            if inbox.take(queue, item, deliver):
+                return
+            # The jobs start before the next BLMOVE is sent (a send can cost more than
+            # starting them).
+            await asyncio.sleep(0)
 
     async def job_heartbeat_many(
         self, queue: str, leases: Mapping[str, str], lease: float

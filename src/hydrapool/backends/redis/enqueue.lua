@@ -6,7 +6,7 @@
 local out, err, ready = insert(cjson.decode(ARGV[1]), ARGV[2] ~= '' and ARGV[2] or nil)
 if err then return redis.error_reply(err) end
 local mine = #EVENTS
-if hand(ready) > 0 then wake() end
+if hand(ready) then wake() end
 local stored = step_done(ARGV[3], ARGV[4])
 stored[3] = mine
 return { f17(NOW), stored, out }

@@ -10,10 +10,13 @@
 -- or lost (a reader that lost its connection reads B:got again). Each hand-off has a
 -- lease token of its own, its tag: the registered token, '.', a counter. A worker that
 -- died leaves its inbox to expire; the jobs in it are leased, so the lease sweep frees
--- them. ``n``: how many jobs the step made ready. Returns how many of them are left
--- (not handed), for which the caller wakes the other workers.
-local function hand(n)
-  if n <= 0 then return 0 end
+-- them. ``ready``: the ids of the jobs the step made ready. Returns whether any of them
+-- is left (not handed; a take() may also hand older jobs that became claimable), for
+-- which the caller wakes the other workers.
+local function hand(ready)
+  local n = #ready
+  if n == 0 then return false end
+  local taken = {}
   local idle = redis.call('HGETALL', B .. ':idle')
   local dry = false -- a take() for every channel found fewer than it asked for
   for i = 1, #idle, 2 do
@@ -38,9 +41,13 @@ local function hand(n)
         else
           redis.call('HDEL', B .. ':idle', worker)
         end
+        for _, job in ipairs(got) do taken[job.id] = true end
         n = n - #got
       end
     end
   end
-  return math.max(n, 0)
+  for _, id in ipairs(ready) do
+    if not taken[id] then return true end
+  end
+  return false
 end

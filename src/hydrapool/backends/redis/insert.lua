@@ -135,11 +135,11 @@ end
 -- Returns, per job, {state, run_at, doomed parent, its state} for a stored one,
 -- {'=', batch index} for one deduplicated against an earlier job of the batch, or
 -- {'~', twin's fields...} for one deduplicated against a stored job; then nil (or the
--- error) and how many jobs became ready (the caller announces them).
+-- error) and the ids of the jobs that became ready (the caller announces them).
 local function insert(jobs, detail)
   local plan, err = plan_batch(jobs)
   if err then return nil, err end
-  local out, ready = {}, 0
+  local out, ready = {}, {}
   for i, j in ipairs(jobs) do
     local p = plan[i]
     if p.dedup and p.index then
@@ -150,7 +150,7 @@ local function insert(jobs, detail)
       out[i] = flat
     else
       write_job(j, p, detail)
-      if p.state == 'queued' then ready = ready + 1 end
+      if p.state == 'queued' then ready[#ready + 1] = j[1] end
       local doomed = p.doomed or { '', '' }
       out[i] = { p.state, f17(p.run_at), doomed[1], doomed[2] }
     end

@@ -7,7 +7,7 @@ if not current or tonumber(current) ~= tonumber(ARGV[2]) then return 0 end
 -- insert() checks everything before it writes: a refused job leaves the schedule as it was.
 local out, err, ready = insert(cjson.decode(ARGV[4]), ARGV[5])
 if err then return redis.error_reply(err) end
-if ready > 0 then wake() end
+if #ready > 0 then wake() end
 redis.call('HSET', key, 'next_run', ARGV[3])
 redis.call('ZADD', B .. ':scd', tonumber(ARGV[3]), ARGV[1])
 local stored = step_done(ARGV[6], ARGV[7])
