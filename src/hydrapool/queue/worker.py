@@ -39,8 +39,8 @@ from hydrapool.queue.queue import EXTERNAL_TASK, Queue, Task, check_name, retry_
 __all__ = ["Worker", "WorkerStatistics"]
 
 logger = logging.getLogger("hydrapool.worker")
-_encode = json.JSONEncoder(allow_nan=False).encode  # results: json.dumps with an option
-# makes a new encoder on every call
+# Results are encoded with one encoder: json.dumps with an option makes one per call.
+_encode = json.JSONEncoder(allow_nan=False).encode
 
 _CANCEL = "cancel"  # queue.cancel(): the job ends cancelled
 _HAND_BACK = "hand_back"  # graceful stop: back to the queue, attempt refunded
@@ -229,8 +229,8 @@ class Worker:
 
     def _handed(self, claims: list[Claim]) -> None:
         """Jobs an enqueue claimed for this worker while it was idle (``Hands``): start
-        them. One that finds no free slot (it crossed a claim on its way) or comes while
-        the worker stops goes back to the queue, its attempt refunded."""
+        them. One that finds no free slot (possible only after a failed claim) or comes
+        while the worker stops goes back to the queue, its attempt refunded."""
         for claim in claims:
             if self._taking and len(self._running) < self.concurrency:
                 self._start(claim)
