@@ -127,7 +127,8 @@ class _Watch:
 class _Inbox:
     """A worker's inbox (hand.lua): its keys, how long its claims register it as idle, its
     reader, and the tags of the hand-offs it delivered: ``to_ack`` until a claim says so,
-    ``seen`` until that claim returned (a hand-off is delivered once)."""
+    ``seen`` until a re-read of B:got no longer holds them (a hand-off is delivered
+    once)."""
 
     __slots__ = ("got", "idle_for", "key", "reader", "seen", "to_ack")
 
