@@ -14,6 +14,9 @@ the peers' figures on this machine class):
   concurrency 100; sleep_wall_s = last end - first start (ideal 1.0 s).
 
     python bench/queue.py [--backend sqlite|postgres|redis] [--n 20000] [--runs 3]
+                          [--prefetch N]
+
+``--prefetch N`` gives every worker process ``hp.Worker(prefetch=N)`` (default 0).
 
 PostgreSQL: ``--pg-url`` (default $HYDRAPOOL_TEST_POSTGRES_URL or the local
 server); every run uses a fresh schema, dropped afterwards. Redis:
@@ -48,6 +51,7 @@ import hydrapool as hp
 QUEUE = "bench"
 PG_URL = os.environ.get("HYDRAPOOL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("HYDRAPOOL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PREFETCH = {"n": 0}  # the worker processes' prefetch (--prefetch)
 
 
 class Store:
@@ -121,9 +125,9 @@ def build(url: str, out: Path, expected: int) -> hp.Queue:
     return queue
 
 
-async def worker_main(url: str, out: Path, expected: int, concurrency: int) -> None:
+async def worker_main(url: str, out: Path, expected: int, concurrency: int, prefetch: int) -> None:
     queue = build(url, out, expected)
-    worker = hp.Worker(queue, concurrency=concurrency, coordinator_interval=1.0)
+    worker = hp.Worker(queue, concurrency=concurrency, prefetch=prefetch, coordinator_interval=1.0)
     (out.parent / f"ready-{os.getpid()}").write_text("ready")
     async with queue:
         task = asyncio.create_task(worker.run())
@@ -136,6 +140,7 @@ async def worker_main(url: str, out: Path, expected: int, concurrency: int) -> N
 def spawn(url: str, out: Path, expected: int, concurrency: int) -> subprocess.Popen[bytes]:
     args = [sys.executable, __file__, "--role", "worker", "--url", url, "--out", str(out)]
     args += ["--n", str(expected), "--concurrency", str(concurrency)]
+    args += ["--prefetch", str(PREFETCH["n"])]
     return subprocess.Popen(args)
 
 
@@ -243,6 +248,7 @@ async def bench(n: int, runs: int, backend: str, pg_url: str, redis_url: str) ->
         "python": platform.python_version(),
         "jobs": n,
         "runs": runs,
+        "prefetch": PREFETCH["n"],
         "median": median,
         "all": results,
     }
@@ -256,13 +262,15 @@ def main() -> None:
     parser.add_argument("--url")
     parser.add_argument("--out")
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--prefetch", type=int, default=0)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "redis"], default="sqlite")
     parser.add_argument("--pg-url", default=PG_URL)
     parser.add_argument("--redis-url", default=REDIS_URL)
     args = parser.parse_args()
     if args.role == "worker":
-        asyncio.run(worker_main(args.url, Path(args.out), args.n, args.concurrency))
+        asyncio.run(worker_main(args.url, Path(args.out), args.n, args.concurrency, args.prefetch))
         return
+    PREFETCH["n"] = args.prefetch
     result = bench(args.n, args.runs, args.backend, args.pg_url, args.redis_url)
     print(json.dumps(asyncio.run(result), indent=2))
 

@@ -48,6 +48,13 @@ def cli() -> None:
 @cli.command(help="Run a worker: claim and run the queue's jobs until SIGTERM/SIGINT.")
 @click.argument("target")
 @click.option("--concurrency", default=10, show_default=True, help="execution slots")
+@click.option(
+    "--prefetch",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="jobs claimed ahead and held, to start as slots free",
+)
 @click.option("--lease", default=30.0, show_default=True, help="lease seconds")
 @click.option("--grace", default=30.0, show_default=True, help="seconds to finish on stop")
 @click.option("--channels", default=None, help="comma-separated channels (default: all)")
@@ -62,6 +69,7 @@ def cli() -> None:
 def worker(
     target: str,
     concurrency: int,
+    prefetch: int,
     lease: float,
     grace: float,
     channels: str | None,
@@ -79,6 +87,7 @@ def worker(
     w = Worker(
         queue,
         concurrency,
+        prefetch=prefetch,
         lease=lease,
         grace=grace,
         channels=chosen,
@@ -87,8 +96,9 @@ def worker(
     )
     tasks = ", ".join(sorted(queue.tasks)) or "(none registered)"
     cap = "" if limit is None else f", queue max_concurrency={limit}"
+    ahead = f" (+{prefetch} prefetched)" if prefetch else ""
     click.echo(
-        f"worker {w.id}: queue {queue.name!r} on {queue.url}, {concurrency} slots{cap}, "
+        f"worker {w.id}: queue {queue.name!r} on {queue.url}, {concurrency} slots{ahead}{cap}, "
         f"tasks: {tasks}",
         err=True,
     )

@@ -1,11 +1,13 @@
-"""Jobs enqueued while a worker idles (on Redis they are handed straight to its inbox):
-its concurrency, the channel limits and the priority order hold as for a claim, and a
-stopped worker takes nothing new."""
+"""Jobs a worker gets without a claim trip of its own: enqueued while it idles (on Redis
+they are handed straight to its inbox), or held ahead (``prefetch``). Its concurrency,
+the channel limits and the priority order hold as for a claim, a stopped worker takes
+nothing new and hands back what it held, and a held job can be cancelled."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -170,3 +172,152 @@ async def test_a_worker_idle_past_the_socket_timeout_still_takes_hand_offs_at_on
             await asyncio.wait_for(started.wait(), 1.0)  # not after a back-off or poll
         await stop(worker, task)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def until(check: Any, what: str) -> None:
+    """Wait (10 s at most) until ``check()`` holds: state kept by the worker's own loop."""
+    async with asyncio.timeout(10):
+        while not check():
+            await asyncio.sleep(0.005)
+    assert check(), what
+
+
+@pytest.mark.parametrize("prefetch", [-1, True, 1.5, "2"])
+async def test_a_bad_prefetch_is_refused_naming_it(queue: hp.Queue, prefetch: Any) -> None:
+    with pytest.raises(ValueError, match=f"prefetch must be an int >= 0, got {prefetch!r}"):
+        hp.Worker(queue, prefetch=prefetch)
+
+
+async def test_a_prefetching_worker_runs_only_its_concurrency_and_holds_the_rest(
+    queue: hp.Queue,
+) -> None:
+    gate = Gate()
+
+    @queue.task
+    async def held() -> None:
+        await gate.hold()
+
+    jobs = await queue.enqueue_many([(held, ())] * 8)
+    worker, task = start(queue, concurrency=2, prefetch=3)
+    await gate.until_running(2)
+    await until(lambda: worker.statistics().held == 3, "3 jobs held")
+    states = [(await j.refresh()).state for j in jobs]
+    assert states.count(hp.JobState.RUNNING) == 5  # held jobs are leased: they count
+    assert states.count(hp.JobState.QUEUED) == 3
+    assert (await queue.show_pool()).executing == 5
+    gate.open.set()
+    for job in jobs:
+        await job.result(timeout=10)
+    await stop(worker, task)
+    assert gate.peak == 2
+    assert worker.statistics().succeeded == 8
+
+
+async def test_a_prefetching_idle_worker_keeps_its_concurrency_for_jobs_enqueued_one_by_one(
+    queue: hp.Queue,
+) -> None:
+    gate = Gate()
+
+    @queue.task
+    async def held() -> None:
+        await gate.hold()
+
+    worker, task = start(queue, concurrency=2, prefetch=2)
+    await warm_up(queue)
+    jobs = [await held.enqueue() for _ in range(7)]
+    await gate.until_running(2)
+    await until(lambda: worker.statistics().held == 2, "2 jobs held")
+    states = [(await j.refresh()).state for j in jobs]
+    assert states.count(hp.JobState.RUNNING) == 4
+    assert states.count(hp.JobState.QUEUED) == 3
+    gate.open.set()
+    for job in jobs:
+        await job.result(timeout=10)
+    await stop(worker, task)
+    assert gate.peak == 2
+
+
+async def test_a_stopping_worker_hands_back_its_held_jobs_at_once_with_attempts_refunded(
+    queue: hp.Queue,
+) -> None:
+    gate = Gate()
+
+    @queue.task
+    async def held() -> None:
+        await gate.hold()
+
+    first = await held.enqueue()
+    rest = await queue.enqueue_many([(held, ())] * 2)
+    worker, task = start(queue, concurrency=1, prefetch=2)
+    await gate.until_running(1)
+    await until(lambda: worker.statistics().held == 2, "2 jobs held")
+    worker.stop()
+    # The running job still holds: the held ones are back in the queue before it ends.
+    async with asyncio.timeout(10):
+        while [(await j.refresh()).state for j in rest] != [hp.JobState.QUEUED] * 2:
+            await asyncio.sleep(0.01)
+    assert [(await j.refresh()).attempts for j in rest] == [0, 0]
+    assert gate.running == 1
+    gate.open.set()
+    await asyncio.wait_for(task, 10)
+    assert (await first.refresh()).state is hp.JobState.SUCCEEDED
+    assert gate.peak == 1
+    assert worker.statistics().handed_back == 2
+    worker, task = start(queue, concurrency=2)  # they run later, as any queued job
+    for job in rest:
+        await job.result(timeout=10)
+    await stop(worker, task)
+
+
+async def test_a_cancelled_held_job_ends_cancelled_without_running(queue: hp.Queue) -> None:
+    gate = Gate()
+    ran: list[str] = []
+
+    @queue.task
+    async def held() -> None:
+        await gate.hold()
+
+    @queue.task
+    async def record(label: str) -> None:
+        ran.append(label)
+
+    first = await held.enqueue()
+    second = await record.enqueue("second")
+    worker, task = start(queue, concurrency=1, prefetch=1)
+    await gate.until_running(1)
+    await until(lambda: worker.statistics().held == 1, "1 job held")
+    assert (await second.refresh()).state is hp.JobState.RUNNING
+    await queue.cancel(second.id)
+    async with asyncio.timeout(10):
+        while (await second.refresh()).state is not hp.JobState.CANCELLED:
+            await asyncio.sleep(0.01)
+    assert worker.statistics().held == 0
+    gate.open.set()
+    await first.result(timeout=10)
+    await stop(worker, task)
+    assert ran == []
+    assert worker.statistics().cancelled == 1
+
+
+async def test_a_prefetching_worker_hands_back_the_held_jobs_of_a_channel_that_pauses(
+    queue: hp.Queue,
+) -> None:
+    runs: list[tuple[str, float]] = []
+
+    @queue.task
+    async def call_api(label: str) -> str:
+        runs.append((label, time.monotonic()))
+        if len(runs) == 1:
+            raise hp.RetryAfter(0.6)
+        return label
+
+    api = call_api.options(channel="api", retry=None)
+    jobs = await queue.enqueue_many([(api, ("limited",)), (api, ("a",)), (api, ("b",))])
+    worker, task = start(queue, concurrency=1, prefetch=2)
+    assert [await job.result(timeout=10) for job in jobs] == ["limited", "a", "b"]
+    await stop(worker, task)
+    # "a" and "b" were held when "limited" paused the channel: none ran during the pause.
+    first = runs[0][1]
+    assert [label for label, _ in runs] == ["limited", "limited", "a", "b"]
+    assert all(t >= first + 0.6 - 0.05 for _, t in runs[1:])
+    assert [(await job.refresh()).attempts for job in jobs] == [1, 1, 1]

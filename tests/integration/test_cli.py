@@ -67,7 +67,8 @@ def test_worker_runs_jobs_and_stops_on_sigterm(app_dir: Path) -> None:
     target = ["--url", "sqlite:///app.db", "--name", "demo"]
     hydrapool(app_dir, "enqueue", "hello", '["cli"]', *target)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hydrapool.cli", "worker", "app:queue", "--concurrency", "2"],
+        [sys.executable, "-m", "hydrapool.cli", "worker", "app:queue", "--concurrency", "2"]
+        + ["--prefetch", "3"],
         cwd=app_dir,
         stderr=subprocess.PIPE,
         text=True,
@@ -82,3 +83,7 @@ def test_worker_runs_jobs_and_stops_on_sigterm(app_dir: Path) -> None:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "tasks: hello" in err
+    assert "2 slots (+3 prefetched)" in err
+    bad = hydrapool(app_dir, "worker", "app:queue", "--prefetch", "-1", check=False)
+    assert bad.returncode != 0
+    assert "-1 is not in the range x>=0" in bad.stderr

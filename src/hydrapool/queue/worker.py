@@ -3,7 +3,8 @@
     worker = hp.Worker(queue, concurrency=10)
     await worker.run()          # until SIGTERM/SIGINT or worker.stop()
 
-A worker claims up to its free slots in one backend step, runs each job's
+A worker claims up to its free slots in one backend step (plus ``prefetch``
+jobs held ready to start the moment a slot frees), runs each job's
 task (``async def`` on the loop, plain functions in threads), extends its
 leases with heartbeats, and reports each outcome fenced by the job's lease:
 a report on a lease that expired meanwhile is refused and logged, never
@@ -23,6 +24,7 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +69,7 @@ class WorkerStatistics:
     handed_back: int
     refused: int  # reports refused because the lease had expired
     lost: int  # running jobs abandoned because their lease was lost
+    held: int = 0  # claimed jobs waiting for a free slot (``prefetch``)
 
 
 class Worker:
@@ -75,6 +78,12 @@ class Worker:
     Args:
         queue: the ``hp.Queue`` whose registered tasks this worker runs.
         concurrency: execution slots (jobs running at once in this worker).
+        prefetch: jobs claimed beyond the free slots and held, each started the moment
+            a slot frees, without a trip to the store (0: none). A held job is leased:
+            it counts as running for the queue's and channels' limits, its
+            ``started_at`` and ``max_processing`` count from the claim, and no other
+            worker can take it meanwhile. For many short jobs; leave it at 0 where
+            limits bind or jobs are long.
         lease: seconds a claim is valid without a heartbeat (heartbeats every lease/3).
         grace: seconds running jobs get to finish on a stop before being handed back.
         channels: serve only these channels (None: all).
@@ -87,6 +96,7 @@ class Worker:
         queue: Queue,
         concurrency: int = 10,
         *,
+        prefetch: int = 0,
         lease: float = 30.0,
         grace: float = 30.0,
         channels: list[str] | tuple[str, ...] | None = None,
@@ -99,11 +109,14 @@ class Worker:
             raise TypeError(f"Worker needs an hp.Queue, got {queue!r}")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"Worker concurrency must be an int >= 1, got {concurrency!r}")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(f"Worker prefetch must be an int >= 0, got {prefetch!r}")
         for name, value in (("lease", lease), ("grace", grace), ("idle_wait", idle_wait)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"Worker {name} must be a number of seconds > 0, got {value!r}")
         self.queue = queue
         self.concurrency = concurrency
+        self.prefetch = prefetch
         self.lease = float(lease)
         self.grace = float(grace)
         if channels is not None and not channels:
@@ -116,7 +129,7 @@ class Worker:
         self.idle_wait = float(idle_wait)
         self._resume_at = 0.0  # a channel this worker paused (hp.RetryAfter) resumes then
         self._pausing = False  # a pausing hand-back waits to be stored
-        self._taking = False  # jobs handed to this worker's inbox start (see _handed)
+        self._taking = False  # run() serves: held and handed jobs start (see _handed)
         self.handle_signals = handle_signals
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._coordinator = (
@@ -125,6 +138,7 @@ class Worker:
             else None
         )
         self._running: dict[str, tuple[Claim, asyncio.Task[None]]] = {}
+        self._held: deque[Claim] = deque()  # claimed beyond the free slots (prefetch)
         self._reasons: dict[asyncio.Task[None], str] = {}  # why we cancelled a run
         self._finishes: list[tuple[Finish, JobRecord]] = []
         self._unstored: dict[str, str] = {}  # reported, not yet stored: job id -> lease
@@ -140,7 +154,9 @@ class Worker:
 
     def statistics(self) -> WorkerStatistics:
         """A frozen snapshot of the counters."""
-        return WorkerStatistics(self.concurrency, len(self._running), **self._counts)
+        return WorkerStatistics(
+            self.concurrency, len(self._running), **self._counts, held=len(self._held)
+        )
 
     def stop(self) -> None:
         """Ask for a graceful stop (what SIGTERM/SIGINT do); ``run()`` returns after it."""
@@ -155,8 +171,8 @@ class Worker:
         self.queue._local_workers.add(self)
         backend = await self.queue._backend_ready()
         hands = backend if isinstance(backend, Hands) else None
+        self._taking = True
         if hands is not None:  # an idle worker gets new jobs pushed, without a claim trip
-            self._taking = True
             await hands.job_inbox_open(self.queue.name, self.id, self._handed, self.idle_wait + 5.0)
         helpers = [asyncio.create_task(self._heartbeats())]
         if self._coordinator is not None:
@@ -170,8 +186,8 @@ class Worker:
                     # It failed and backed off: claim again. Waiting for work instead
                     # would sleep through a wake-up that came before the failure.
                     continue
-                if not claims or len(self._running) >= self.concurrency:
-                    await self._wait(full=len(self._running) >= self.concurrency)
+                if not claims or self._room() <= 0:
+                    await self._wait(full=self._room() <= 0)
         finally:
             self._taking = False
             self._claiming = False
@@ -201,7 +217,7 @@ class Worker:
                 await asyncio.wait([self._flushing])  # (cancelling us does not cancel it)
             finally:
                 self._claiming = True
-        free = self.concurrency - len(self._running)
+        free = self._room()
         if free <= 0:
             self._claim_going()
             return []
@@ -224,8 +240,15 @@ class Worker:
             return None
         self.queue._published(emit.stored)
         for claim in claims:
-            self._start(claim)
+            if len(self._running) < self.concurrency:
+                self._start(claim)
+            else:
+                self._held.append(claim)
         return claims
+
+    def _room(self) -> int:
+        """How many jobs a claim may take now: free slots, plus room to hold (prefetch)."""
+        return self.concurrency + self.prefetch - len(self._running) - len(self._held)
 
     def _handed(self, claims: list[Claim]) -> None:
         """Jobs an enqueue claimed for this worker while it was idle (``Hands``): start
@@ -234,6 +257,8 @@ class Worker:
         for claim in claims:
             if self._taking and len(self._running) < self.concurrency:
                 self._start(claim)
+            elif self._taking and len(self._held) < self.prefetch:
+                self._held.append(claim)
             else:
                 self._report_now = True  # (no slot was freed: no claim follows)
                 self._claim_going()
@@ -283,6 +308,7 @@ class Worker:
         return min(self.idle_wait, left + 0.01)  # (a hair after: clocks differ a little)
 
     async def _shut_down(self) -> None:
+        self._hand_back_held()  # at once: another worker may run them meanwhile
         running = [task for _, task in self._running.values()]
         if running:
             await asyncio.wait(running, timeout=self.grace)
@@ -310,6 +336,9 @@ class Worker:
         if entry is not None and entry[1] is task:  # never remove a newer run's entry
             del self._running[job_id]
         self._reasons.pop(task, None)
+        serving = self._taking and not self._stop.is_set()
+        if self._held and serving and len(self._running) < self.concurrency:
+            self._start(self._held.popleft())  # (prefetch: no trip to the store)
         self._slot_freed.set()
 
     async def _execute(self, claim: Claim) -> None:
@@ -336,6 +365,7 @@ class Worker:
             self._report(job, Finish(job.id, claim.lease, "queued", pause=exc.seconds))
             self._resume_at = max(self._resume_at, time.time() + exc.seconds)
             self._pausing = True
+            self._hand_back_held(job.channel)  # (they would meet the same pause)
             return
         except Exception as exc:
             self._failed(claim, exc, payload, task)
@@ -400,6 +430,14 @@ class Worker:
                 claim.job, Finish(claim.job.id, claim.lease, "cancelled", error="cancelled")
             )
 
+    def _hand_back_held(self, channel: str | None = None) -> None:
+        """Held jobs (of ``channel``, or all) go back to the queue, attempts refunded."""
+        for claim in [c for c in self._held if channel is None or c.job.channel == channel]:
+            self._held.remove(claim)
+            self._report_now = True  # (no slot was freed: no claim follows)
+            self._claim_going()
+            self._report(claim.job, Finish(claim.job.id, claim.lease, "queued"))
+
     def _cancel_local(self, job_id: str) -> None:
         self._abandon(job_id, _CANCEL)
 
@@ -456,6 +494,7 @@ class Worker:
         while True:
             await asyncio.sleep(self.lease / 3)
             leases = {job_id: claim.lease for job_id, (claim, _) in self._running.items()}
+            leases.update((claim.job.id, claim.lease) for claim in self._held)
             # Outcomes still being stored keep their lease too: a slow or failing
             # store must not let the coordinator rescue (and re-run) a finished job.
             unstored = {k: v for k, v in self._unstored.items() if k not in leases}
@@ -476,6 +515,12 @@ class Worker:
                     self._abandon(job_id, _CANCEL)
 
     def _abandon(self, job_id: str, reason: str) -> None:
+        for claim in self._held:
+            if claim.job.id == job_id:  # not started: it never runs
+                self._held.remove(claim)
+                self._cancelled(claim, reason)
+                self._slot_freed.set()  # (room to claim another)
+                return
         entry = self._running.get(job_id)
         if entry is not None and entry[1] not in self._reasons:
             self._reasons[entry[1]] = reason
