@@ -100,8 +100,9 @@ _LIMITER_SCRIPTS = (
 _LIMITER_STEPS = 32
 _CROWD = 64  # newcomers of one key placed in one step at most
 _DELETE_CHUNK = 500
-# Seconds a worker's inbox reader waits in BLMOVE before it looks again: well below
-# redis-py's socket timeout (5 s), which would otherwise end every idle wait in an error.
+# Seconds a worker's inbox reader waits in BLMOVE before it looks again: below a socket
+# timeout a URL may set (redis-py's default, 5 s, is off here: _connect.py), which would
+# otherwise end every idle wait in an error.
 _INBOX_WAIT = 2
 _SEEN_MAX = 1000  # delivered tags remembered before the reader trims them (see _Inbox)
 _LIST_SPAN = 2000
