@@ -575,7 +575,8 @@ class Queue:
             if inspect.isawaitable(records):  # PostgreSQL: the caller's connection may be async
                 records = await records
         else:
-            emit: Emit[list[JobRecord]] = Emit(ev.for_inserts)
+            # (the backend stores the events; copies are made only for a stream here)
+            emit: Emit[list[JobRecord]] = Emit(ev.for_inserts, wanted=self._listened)
             records = await backend.job_insert_many(self.name, new_jobs, emit=emit)
             self._published(emit.stored)
             self._notify()
