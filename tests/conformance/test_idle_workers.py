@@ -176,10 +176,14 @@ async def test_a_worker_idle_past_the_socket_timeout_still_takes_hand_offs_at_on
 
 async def until(check: Any, what: str) -> None:
     """Wait (10 s at most) until ``check()`` holds: state kept by the worker's own loop."""
-    async with asyncio.timeout(10):
-        while not check():
-            await asyncio.sleep(0.005)
-    assert check(), what
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                if check():
+                    return
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise AssertionError(f"not within 10 s: {what}") from None
 
 
 @pytest.mark.parametrize("prefetch", [-1, True, 1.5, "2"])
@@ -254,7 +258,9 @@ async def test_a_stopping_worker_hands_back_its_held_jobs_at_once_with_attempts_
     worker.stop()
     # The running job still holds: the held ones are back in the queue before it ends.
     async with asyncio.timeout(10):
-        while [(await j.refresh()).state for j in rest] != [hp.JobState.QUEUED] * 2:
+        while True:
+            if [(await j.refresh()).state for j in rest] == [hp.JobState.QUEUED] * 2:
+                break
             await asyncio.sleep(0.01)
     assert [(await j.refresh()).attempts for j in rest] == [0, 0]
     assert gate.running == 1
@@ -289,7 +295,9 @@ async def test_a_cancelled_held_job_ends_cancelled_without_running(queue: hp.Que
     assert (await second.refresh()).state is hp.JobState.RUNNING
     await queue.cancel(second.id)
     async with asyncio.timeout(10):
-        while (await second.refresh()).state is not hp.JobState.CANCELLED:
+        while True:
+            if (await second.refresh()).state is hp.JobState.CANCELLED:
+                break
             await asyncio.sleep(0.01)
     assert worker.statistics().held == 0
     gate.open.set()

@@ -67,8 +67,10 @@ def test_worker_runs_jobs_and_stops_on_sigterm(app_dir: Path) -> None:
     target = ["--url", "sqlite:///app.db", "--name", "demo"]
     hydrapool(app_dir, "enqueue", "hello", '["cli"]', *target)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hydrapool.cli", "worker", "app:queue", "--concurrency", "2"]
-        + ["--prefetch", "3"],
+        [
+            *(sys.executable, "-m", "hydrapool.cli", "worker", "app:queue"),
+            *("--concurrency", "2", "--prefetch", "3"),
+        ],
         cwd=app_dir,
         stderr=subprocess.PIPE,
         text=True,
