@@ -26,9 +26,23 @@ local function flush_sets()
   end
 end
 
+-- The fields apply() and the events read: an HMGET of these costs about half an
+-- HGETALL of the whole job (its payload and result included).
+local FIELDS = { 'state', 'lease', 'lease_expires_at', 'cancel_requested', 'max_processing',
+  'attempts', 'max_attempts', 'channel', 'dedup_key', 'kids', 'rank', 'order' }
+local function job_brief(id)
+  local v = redis.call('HMGET', jkey(id), unpack(FIELDS))
+  if not v[1] then return nil end
+  local job = { id = id }
+  for i, k in ipairs(FIELDS) do
+    if v[i] then job[k] = v[i] end
+  end
+  return job
+end
+
 local function apply(f)
   local id, fstate = f[1], f[3]
-  local job = job_get(id)
+  local job = job_brief(id)
   if job == nil or job.state ~= 'running' or job.lease ~= f[2] then return nil, nil end
   if (tonumber(job.lease_expires_at) < NOW) ~= f[7] then return nil, nil end
   local state = fstate
