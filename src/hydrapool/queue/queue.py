@@ -179,12 +179,16 @@ def _count(name: str, value: object, *, minimum: int = 1) -> int | None:
     return value
 
 
+# One encoder for payloads: json.dumps with an option builds a new one on every call.
+_encode = json.JSONEncoder(allow_nan=False).encode
+
+
 def encode_payload(
     task: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], meta: Mapping[str, Any]
 ) -> str:
     """JSON text of a job's arguments; ``hp.PayloadError`` naming the bad argument."""
     try:
-        return json.dumps({"args": list(args), "kwargs": dict(kwargs), **meta}, allow_nan=False)
+        return _encode({"args": list(args), "kwargs": dict(kwargs), **meta})
     except (TypeError, ValueError):
         pass
     for index, value in enumerate(args):

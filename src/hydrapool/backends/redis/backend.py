@@ -53,7 +53,7 @@ from hydrapool.backends.base import (
 )
 from hydrapool.backends.redis._connect import Script, connect, next_hub
 from hydrapool.exceptions import Closed
-from hydrapool.queue.events import Event, EventType
+from hydrapool.queue.events import Event, EventType, for_inserts
 
 __all__ = ["RedisBackend", "key_base"]
 
@@ -1277,7 +1277,7 @@ def _event(queue: str, raw: Sequence[Any], at: float, seq: int) -> Event:
 def _insert_detail(queue: str, job: NewJob, emit: Emit[list[JobRecord]] | None) -> str | None:
     """The ``detail`` the core's rule gives this step's enqueued events (a schedule's
     tick names it), read off the core's events for a stand-in record."""
-    if emit is None:
+    if emit is None or emit.make is for_inserts:  # (a plain enqueue's events have none)
         return None
     sample = JobRecord.new(queue, job, "queued", 0.0, 0.0)
     for event in emit.make([sample]):
