@@ -329,3 +329,33 @@ async def test_a_prefetching_worker_hands_back_the_held_jobs_of_a_channel_that_p
     assert [label for label, _ in runs] == ["limited", "limited", "a", "b"]
     assert all(t >= first + 0.6 - 0.05 for _, t in runs[1:])
     assert [(await job.refresh()).attempts for job in jobs] == [1, 1, 1]
+
+
+async def test_a_held_job_keeps_its_lease_while_it_waits(queue: hp.Queue) -> None:
+    gate = Gate()
+    ran: list[str] = []
+
+    @queue.task
+    async def held() -> None:
+        await gate.hold()
+
+    @queue.task
+    async def record(label: str) -> None:
+        ran.append(label)
+
+    first = await held.enqueue()
+    second = await record.enqueue("second")
+    worker, task = start(queue, concurrency=1, prefetch=1, lease=0.3)
+    await gate.until_running(1)
+    await until(lambda: worker.statistics().held == 1, "1 job held")
+    await asyncio.sleep(1.0)  # three leases: only heartbeats keep the held claim alive
+    waiting = await second.refresh()
+    assert (waiting.state, waiting.attempts) == (hp.JobState.RUNNING, 1)
+    gate.open.set()
+    await first.result(timeout=10)
+    await second.result(timeout=10)
+    await stop(worker, task)
+    done = await second.refresh()
+    assert (done.attempts, done.error) == (1, None)
+    assert ran == ["second"]
+    assert (worker.statistics().lost, worker.statistics().refused) == (0, 0)

@@ -1,5 +1,5 @@
 """A worker process for the integration tests:
-``python app.py DB_URL QUEUE LOG_DIR [lease [idle_wait]]``.
+``python app.py DB_URL QUEUE LOG_DIR [lease [idle_wait [prefetch [concurrency]]]]``.
 
 Each job appends ``start``/``end`` lines with CLOCK_MONOTONIC nanoseconds
 (shared by every process on the machine) to this process's log, so the test
@@ -48,12 +48,15 @@ async def main() -> None:
     url, name, log_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     lease = float(sys.argv[4]) if len(sys.argv) > 4 else 30.0
     idle_wait = float(sys.argv[5]) if len(sys.argv) > 5 else 1.0
+    prefetch = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+    concurrency = int(sys.argv[7]) if len(sys.argv) > 7 else 4
     # Timestamped warnings (lost connections, refused reports, rescues) for post-mortems.
     logging.basicConfig(format="%(created).3f %(process)d %(name)s %(levelname)s %(message)s")
     queue = build(url, name, log_dir)
     worker = hp.Worker(
         queue,
-        concurrency=4,
+        concurrency=concurrency,
+        prefetch=prefetch,
         lease=lease,
         grace=5,
         coordinator_interval=0.1,

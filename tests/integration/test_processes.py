@@ -32,12 +32,13 @@ class Workers:
         self.url, self.name, self.log_dir = url, name, log_dir
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, lease: float = 30.0) -> subprocess.Popen[bytes]:
+    def start(
+        self, lease: float = 30.0, *, prefetch: int = 0, concurrency: int = 4
+    ) -> subprocess.Popen[bytes]:
         env = {**os.environ, "PYTHONPATH": str(Path(hp.__file__).parents[1])}
-        proc = subprocess.Popen(
-            [sys.executable, str(APP), self.url, self.name, str(self.log_dir), str(lease)],
-            env=env,
-        )
+        args = [self.url, self.name, str(self.log_dir), str(lease), "1.0"]
+        args += [str(prefetch), str(concurrency)]
+        proc = subprocess.Popen([sys.executable, str(APP), *args], env=env)
         self.procs.append(proc)
         return proc
 
@@ -140,6 +141,37 @@ async def test_a_sigkilled_workers_job_completes_elsewhere(
     assert final.attempts == 2
     assert final.error is not None
     assert "lease expired" in final.error
+
+
+async def test_the_held_jobs_of_a_sigkilled_prefetching_worker_complete_elsewhere(
+    workers: Workers, tmp_path: Path
+) -> None:
+    queue = hp.Queue(workers.url, name=workers.name)
+    flag = tmp_path / "first-try"
+    retry = hp.Retry(attempts=3)  # this process does not register the tasks: say it here
+    async with queue:
+        jobs = await queue.enqueue_many(
+            [(queue._task_of("slow_first").options(retry=retry), (str(flag),))]
+            + [(queue._task_of("work").options(retry=retry), ("held", 0.01))] * 2
+        )
+        # One slot, two held: its first claim takes all three.
+        victim = workers.start(lease=1.0, prefetch=2, concurrency=1)
+        async with asyncio.timeout(30):
+            while not flag.exists():
+                await asyncio.sleep(0.02)
+        assert [(await j.refresh()).state for j in jobs] == [hp.JobState.RUNNING] * 3
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(10)
+        survivor = workers.start(lease=1.0)
+        await workers.ready(survivor)
+        winners = [await j.result(timeout=60) for j in jobs]
+        finals = [await j.refresh() for j in jobs]
+    assert winners == [survivor.pid] * 3
+    assert all(f.state is hp.JobState.SUCCEEDED for f in finals)
+    # The held jobs never started in the victim; their lost claim counts as an attempt.
+    assert all(f.attempts == 2 and "lease expired" in (f.error or "") for f in finals)
+    victim_log = workers.log_dir / f"worker-{victim.pid}.log"
+    assert not victim_log.exists() or "held" not in victim_log.read_text()
 
 
 # ── Redis: jobs handed straight to idle workers (hand.lua) ─────────────────────
