@@ -359,3 +359,80 @@ async def test_a_held_job_keeps_its_lease_while_it_waits(queue: hp.Queue) -> Non
     assert (done.attempts, done.error) == (1, None)
     assert ran == ["second"]
     assert (worker.statistics().lost, worker.statistics().refused) == (0, 0)
+
+
+async def test_a_prefetching_worker_that_claims_its_own_rescued_job_again_cancels_the_stale_run(
+    queue: hp.Queue,
+) -> None:
+    # The first try outlives max_processing: the coordinator expires its lease and the job
+    # is due again at once. This worker's next claim takes it back (prefetch leaves room
+    # though its only slot is busy): the stale run must stop, not hold the slot while the
+    # new claim waits behind it.
+    tries: list[str] = []
+
+    @queue.task(retry=hp.Retry(attempts=3))
+    async def slow() -> int:
+        tries.append("start")
+        try:
+            if len(tries) == 1:
+                await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            tries.append("stale run cancelled")
+            raise
+        return len(tries)
+
+    job = await slow.options(max_processing=0.3).enqueue()
+    worker, task = start(queue, concurrency=1, prefetch=1)
+    assert await job.result(timeout=4) >= 2
+    await stop(worker, task)
+    assert tries[:2] == ["start", "stale run cancelled"]
+    assert worker.statistics().lost == 1
+    assert (await job.refresh()).attempts == 2
+
+
+async def test_a_hand_off_goes_to_a_free_slot_never_to_a_busy_workers_held_place(
+    redis_url: str,
+) -> None:
+    # Worker A's only slot is busy and it could hold two more; worker B is idle. A new job
+    # must start on B at once: only free slots are registered for hand-offs.
+    import redis.asyncio
+
+    from hydrapool.backends.redis.backend import key_base
+
+    name = f"t{uuid.uuid4().hex[:8]}"
+    gate, ran = Gate(), []
+    queues = [hp.Queue(redis_url, name=name) for _ in range(2)]
+    for label, q in zip("AB", queues, strict=True):
+
+        @q.task(name="held")
+        async def held() -> None:
+            await gate.hold()
+
+        @q.task(name="mark")
+        async def mark(label: str = label) -> None:
+            ran.append(label)
+
+    a, b = queues
+    async with a, b:
+        base = key_base(a.backend.prefix, name)  # type: ignore[attr-defined]
+        client = redis.asyncio.Redis.from_url(redis_url.split("?")[0], decode_responses=True)
+        worker_a, task_a = start(a, concurrency=1, prefetch=2)
+        first = await a.tasks["held"].enqueue()
+        await gate.until_running(1)
+        worker_b, task_b = start(b, concurrency=1)
+        async with asyncio.timeout(10):
+            while True:
+                idle = await client.hkeys(f"{base}:idle")
+                if worker_b.id in idle:
+                    break
+                await asyncio.sleep(0.01)
+        assert worker_a.id not in idle
+        job = await a.tasks["mark"].enqueue()
+        await job.result(timeout=10)
+        assert ran == ["B"]
+        assert worker_a.statistics().held == 0
+        gate.open.set()
+        await first.result(timeout=10)
+        await stop(worker_a, task_a)
+        await stop(worker_b, task_b)
+        await client.aclose()

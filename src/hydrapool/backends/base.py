@@ -179,13 +179,18 @@ class ScheduleRecord:
 
 @dataclass(frozen=True, slots=True)
 class ClaimParams:
-    """Claim up to ``limit`` due jobs for ``worker`` under a lease of ``lease`` seconds."""
+    """Claim up to ``limit`` due jobs for ``worker`` under a lease of ``lease`` seconds.
+
+    ``hold``: how many of ``limit`` are places where a prefetching worker holds jobs
+    until a slot frees; a backend that hands jobs to idle workers (``Hands``) offers
+    only the rest, the free slots, to hand-offs."""
 
     queue: str
     worker: str
     limit: int
     lease: float
     channels: tuple[str, ...] | None = None  # None: every channel
+    hold: int = 0
 
 
 @dataclass(frozen=True, slots=True)

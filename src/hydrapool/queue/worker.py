@@ -68,7 +68,7 @@ class WorkerStatistics:
     cancelled: int
     handed_back: int
     refused: int  # reports refused because the lease had expired
-    lost: int  # running jobs abandoned because their lease was lost
+    lost: int  # running or held jobs abandoned because their lease was lost
     held: int = 0  # claimed jobs waiting for a free slot (``prefetch``)
 
 
@@ -192,6 +192,7 @@ class Worker:
             self._taking = False
             self._claiming = False
             self._claim_going()
+            self._hand_back_held()  # at once: another worker may run them meanwhile
             try:
                 if hands is not None:
                     with contextlib.suppress(Exception):
@@ -221,7 +222,8 @@ class Worker:
         if free <= 0:
             self._claim_going()
             return []
-        params = ClaimParams(self.queue.name, self.id, free, self.lease, self.channels)
+        hold = self.prefetch - len(self._held)  # (of ``free``: places to hold, not slots)
+        params = ClaimParams(self.queue.name, self.id, free, self.lease, self.channels, hold)
         try:
             emit = Emit(
                 functools.partial(ev.for_claims, worker=self.id), wanted=self.queue._listened
@@ -240,29 +242,45 @@ class Worker:
             return None
         self.queue._published(emit.stored)
         for claim in claims:
-            if len(self._running) < self.concurrency:
-                self._start(claim)
-            else:
-                self._held.append(claim)
+            if not self._place(claim):  # (not expected: the claim asked for the room)
+                self._give_back(claim)
         return claims
 
     def _room(self) -> int:
         """How many jobs a claim may take now: free slots, plus room to hold (prefetch)."""
         return self.concurrency + self.prefetch - len(self._running) - len(self._held)
 
+    def _place(self, claim: Claim) -> bool:
+        """Start a claimed job, or hold it (prefetch); False when there is no room. A job
+        claimed again (rescued after its lease lapsed) replaces what this worker had of
+        it: a held claim is dropped, and a stale run is cancelled by _start."""
+        job_id = claim.job.id
+        for older in self._held:
+            if older.job.id == job_id:
+                self._held.remove(older)
+                self._counts["lost"] += 1
+                break
+        if job_id in self._running or len(self._running) < self.concurrency:
+            self._start(claim)
+            return True
+        if len(self._held) < self.prefetch:
+            self._held.append(claim)
+            return True
+        return False
+
+    def _give_back(self, claim: Claim) -> None:
+        """Back to the queue, attempt refunded: a claim this worker will not run."""
+        self._report_now = True  # (no slot was freed: no claim follows)
+        self._claim_going()
+        self._report(claim.job, Finish(claim.job.id, claim.lease, "queued"))
+
     def _handed(self, claims: list[Claim]) -> None:
         """Jobs an enqueue claimed for this worker while it was idle (``Hands``): start
         them. One that finds no free slot (possible only after a failed claim) or comes
         while the worker stops goes back to the queue, its attempt refunded."""
         for claim in claims:
-            if self._taking and len(self._running) < self.concurrency:
-                self._start(claim)
-            elif self._taking and len(self._held) < self.prefetch:
-                self._held.append(claim)
-            else:
-                self._report_now = True  # (no slot was freed: no claim follows)
-                self._claim_going()
-                self._report(claim.job, Finish(claim.job.id, claim.lease, "queued"))
+            if not (self._taking and self._place(claim)):
+                self._give_back(claim)
 
     async def _wait(self, *, full: bool) -> None:
         self._claim_going()  # no claim now: the reports waiting go (new ones wait for a slot)
@@ -308,7 +326,6 @@ class Worker:
         return min(self.idle_wait, left + 0.01)  # (a hair after: clocks differ a little)
 
     async def _shut_down(self) -> None:
-        self._hand_back_held()  # at once: another worker may run them meanwhile
         running = [task for _, task in self._running.values()]
         if running:
             await asyncio.wait(running, timeout=self.grace)
@@ -434,9 +451,7 @@ class Worker:
         """Held jobs (of ``channel``, or all) go back to the queue, attempts refunded."""
         for claim in [c for c in self._held if channel is None or c.job.channel == channel]:
             self._held.remove(claim)
-            self._report_now = True  # (no slot was freed: no claim follows)
-            self._claim_going()
-            self._report(claim.job, Finish(claim.job.id, claim.lease, "queued"))
+            self._give_back(claim)
 
     def _cancel_local(self, job_id: str) -> None:
         self._abandon(job_id, _CANCEL)
@@ -510,18 +525,22 @@ class Worker:
                 if job_id in unstored:
                     continue
                 if job_id not in beat.kept:
-                    self._abandon(job_id, _LEASE_LOST)
+                    self._abandon(job_id, _LEASE_LOST, leases[job_id])
                 elif job_id in beat.cancel_requested:
-                    self._abandon(job_id, _CANCEL)
+                    self._abandon(job_id, _CANCEL, leases[job_id])
 
-    def _abandon(self, job_id: str, reason: str) -> None:
+    def _abandon(self, job_id: str, reason: str, lease: str | None = None) -> None:
+        """Stop this worker's claim of ``job_id`` (the one under ``lease``, when given: a
+        heartbeat's answer about an older claim must not touch a newer one)."""
         for claim in self._held:
-            if claim.job.id == job_id:  # not started: it never runs
+            if claim.job.id == job_id and lease in (None, claim.lease):  # it never runs
                 self._held.remove(claim)
                 self._cancelled(claim, reason)
                 self._slot_freed.set()  # (room to claim another)
                 return
         entry = self._running.get(job_id)
+        if entry is not None and lease not in (None, entry[0].lease):
+            return
         if entry is not None and entry[1] not in self._reasons:
             self._reasons[entry[1]] = reason
             entry[1].cancel()

@@ -104,6 +104,7 @@ _DELETE_CHUNK = 500
 # timeout a URL may set (redis-py's default, 5 s, is off here: _connect.py), which would
 # otherwise end every idle wait in an error.
 _INBOX_WAIT = 2
+_STEP_TIMEOUT = 30.0  # seconds one step's script may take, reply included
 _SEEN_MAX = 1000  # delivered tags remembered before the reader trims them (see _Inbox)
 _LIST_SPAN = 2000
 
@@ -396,7 +397,10 @@ class RedisBackend:
 
     async def _run(self, script: str, queue: str, *args: Any) -> Any:
         await self._ready()
-        return await self._scripts[script](keys=[self._base(queue)], args=list(args))
+        # The connections have no socket timeout (_connect.py), and TCP does not notice a
+        # server that is alive but never answers (stopped, stuck): a step fails instead.
+        async with asyncio.timeout(_STEP_TIMEOUT):
+            return await self._scripts[script](keys=[self._base(queue)], args=list(args))
 
     async def now(self) -> float:
         """The server's clock (``TIME``), epoch seconds."""
@@ -462,6 +466,7 @@ class RedisBackend:
                 self.events_max,
                 "" if inbox is None else repr(inbox.idle_for),
                 "\t".join(acks),
+                params.hold,
             )
         except BaseException:
             if inbox is not None:  # maybe not acknowledged: say so again next time

@@ -6,6 +6,8 @@
 -- the worker counts as running since its last claim ('\t' between them). Hand-offs it
 -- did not count yet, waiting in its inbox or taken by its reader (B:got:<worker>) and
 -- maybe on their way, count against ARGV[1]: the worker never gets more than its slots.
+-- ARGV[10]: how many of ARGV[1] are places to hold jobs (a prefetching worker's): they
+-- are not registered, so hand-offs go to free slots only, never to a busy worker.
 local worker, ttl = ARGV[4], ARGV[8]
 local slots = tonumber(ARGV[1])
 if ttl ~= '' then
@@ -32,8 +34,9 @@ end
 local out = {}
 if slots > 0 then out = take(slots, tonumber(ARGV[2]), ARGV[3], worker, ARGV[5]) end
 if ttl ~= '' then
-  if slots - #out > 0 then
-    redis.call('HSET', B .. ':idle', worker, table.concat({ slots - #out, ARGV[2],
+  local free = slots - #out - (tonumber(ARGV[10]) or 0)
+  if free > 0 then
+    redis.call('HSET', B .. ':idle', worker, table.concat({ free, ARGV[2],
       f17(NOW + tonumber(ttl)), ARGV[3], ARGV[5] }, '\t'))
   else
     redis.call('HDEL', B .. ':idle', worker)
