@@ -52,6 +52,17 @@ class Gate:
                 await self.changed.wait()
 
 
+def gated(queue: hp.Queue) -> tuple[Gate, Any]:
+    """A Gate, and a task ``held`` on ``queue`` whose jobs hold until the gate opens."""
+    gate = Gate()
+
+    @queue.task
+    async def held() -> None:
+        await gate.hold()
+
+    return gate, held
+
+
 async def check_then_open(gate: Gate, jobs: list[hp.Job], running: int) -> None:
     """Once ``running`` jobs run: exactly those run and the rest wait; then let all end."""
     await gate.until_running(running)
@@ -76,11 +87,7 @@ async def warm_up(queue: hp.Queue) -> None:
 async def test_jobs_enqueued_one_by_one_to_an_idle_worker_stay_within_its_concurrency(
     queue: hp.Queue,
 ) -> None:
-    gate = Gate()
-
-    @queue.task
-    async def held() -> None:
-        await gate.hold()
+    gate, held = gated(queue)
 
     worker, task = start(queue, concurrency=2)
     await warm_up(queue)
@@ -94,11 +101,7 @@ async def test_jobs_enqueued_one_by_one_to_an_idle_worker_stay_within_its_concur
 async def test_a_batch_enqueued_to_an_idle_worker_keeps_the_channel_limit(
     queue: hp.Queue,
 ) -> None:
-    gate = Gate()
-
-    @queue.task
-    async def held() -> None:
-        await gate.hold()
+    gate, held = gated(queue)
 
     await queue.channel("narrow").set_policy(max_concurrency=1)
     worker, task = start(queue, concurrency=5)
@@ -195,11 +198,7 @@ async def test_a_bad_prefetch_is_refused_naming_it(queue: hp.Queue, prefetch: An
 async def test_a_prefetching_worker_runs_only_its_concurrency_and_holds_the_rest(
     queue: hp.Queue,
 ) -> None:
-    gate = Gate()
-
-    @queue.task
-    async def held() -> None:
-        await gate.hold()
+    gate, held = gated(queue)
 
     jobs = await queue.enqueue_many([(held, ())] * 8)
     worker, task = start(queue, concurrency=2, prefetch=3)
@@ -220,11 +219,7 @@ async def test_a_prefetching_worker_runs_only_its_concurrency_and_holds_the_rest
 async def test_a_prefetching_idle_worker_keeps_its_concurrency_for_jobs_enqueued_one_by_one(
     queue: hp.Queue,
 ) -> None:
-    gate = Gate()
-
-    @queue.task
-    async def held() -> None:
-        await gate.hold()
+    gate, held = gated(queue)
 
     worker, task = start(queue, concurrency=2, prefetch=2)
     await warm_up(queue)
@@ -244,11 +239,7 @@ async def test_a_prefetching_idle_worker_keeps_its_concurrency_for_jobs_enqueued
 async def test_a_stopping_worker_hands_back_its_held_jobs_at_once_with_attempts_refunded(
     queue: hp.Queue,
 ) -> None:
-    gate = Gate()
-
-    @queue.task
-    async def held() -> None:
-        await gate.hold()
+    gate, held = gated(queue)
 
     first = await held.enqueue()
     rest = await queue.enqueue_many([(held, ())] * 2)
@@ -275,20 +266,21 @@ async def test_a_stopping_worker_hands_back_its_held_jobs_at_once_with_attempts_
     await stop(worker, task)
 
 
-async def test_a_cancelled_held_job_ends_cancelled_without_running(queue: hp.Queue) -> None:
-    gate = Gate()
+async def one_running_one_held(queue: hp.Queue) -> tuple[Gate, list[str], hp.Job, hp.Job]:
+    """Two jobs for a worker with one slot and one held place: the first holds until the
+    gate opens, the second (held) records that it ran."""
+    gate, held = gated(queue)
     ran: list[str] = []
-
-    @queue.task
-    async def held() -> None:
-        await gate.hold()
 
     @queue.task
     async def record(label: str) -> None:
         ran.append(label)
 
-    first = await held.enqueue()
-    second = await record.enqueue("second")
+    return gate, ran, await held.enqueue(), await record.enqueue("second")
+
+
+async def test_a_cancelled_held_job_ends_cancelled_without_running(queue: hp.Queue) -> None:
+    gate, ran, first, second = await one_running_one_held(queue)
     worker, task = start(queue, concurrency=1, prefetch=1)
     await gate.until_running(1)
     await until(lambda: worker.statistics().held == 1, "1 job held")
@@ -332,19 +324,7 @@ async def test_a_prefetching_worker_hands_back_the_held_jobs_of_a_channel_that_p
 
 
 async def test_a_held_job_keeps_its_lease_while_it_waits(queue: hp.Queue) -> None:
-    gate = Gate()
-    ran: list[str] = []
-
-    @queue.task
-    async def held() -> None:
-        await gate.hold()
-
-    @queue.task
-    async def record(label: str) -> None:
-        ran.append(label)
-
-    first = await held.enqueue()
-    second = await record.enqueue("second")
+    gate, ran, first, second = await one_running_one_held(queue)
     worker, task = start(queue, concurrency=1, prefetch=1, lease=0.3)
     await gate.until_running(1)
     await until(lambda: worker.statistics().held == 1, "1 job held")

@@ -143,6 +143,18 @@ async def test_a_sigkilled_workers_job_completes_elsewhere(
     assert "lease expired" in final.error
 
 
+async def survivor_runs(workers: Workers, jobs: list[hp.Job]) -> None:
+    """A new worker process runs ``jobs``, leased to a killed one, once their leases lapse:
+    each succeeds there on its second attempt."""
+    survivor = workers.start(lease=1.0)
+    await workers.ready(survivor)
+    winners = [await j.result(timeout=60) for j in jobs]
+    finals = [await j.refresh() for j in jobs]
+    assert winners == [survivor.pid] * len(jobs)
+    assert all(f.state is hp.JobState.SUCCEEDED for f in finals)
+    assert all(f.attempts == 2 and "lease expired" in (f.error or "") for f in finals)
+
+
 async def test_the_held_jobs_of_a_sigkilled_prefetching_worker_complete_elsewhere(
     workers: Workers, tmp_path: Path
 ) -> None:
@@ -162,14 +174,8 @@ async def test_the_held_jobs_of_a_sigkilled_prefetching_worker_complete_elsewher
         assert [(await j.refresh()).state for j in jobs] == [hp.JobState.RUNNING] * 3
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(10)
-        survivor = workers.start(lease=1.0)
-        await workers.ready(survivor)
-        winners = [await j.result(timeout=60) for j in jobs]
-        finals = [await j.refresh() for j in jobs]
-    assert winners == [survivor.pid] * 3
-    assert all(f.state is hp.JobState.SUCCEEDED for f in finals)
-    # The held jobs never started in the victim; their lost claim counts as an attempt.
-    assert all(f.attempts == 2 and "lease expired" in (f.error or "") for f in finals)
+        # The held jobs never started in the victim; their lost claim counts as an attempt.
+        await survivor_runs(workers, jobs)
     victim_log = workers.log_dir / f"worker-{victim.pid}.log"
     assert not victim_log.exists() or "held" not in victim_log.read_text()
 
@@ -232,10 +238,4 @@ async def test_jobs_handed_to_a_sigkilled_idle_worker_run_elsewhere(workers: Wor
         assert await client.llen(f"{base}:in:{victim_id}") == 1
         assert {(await j.refresh()).state for j in jobs} == {hp.JobState.RUNNING}
         await client.aclose()
-        survivor = workers.start(lease=1.0)
-        await workers.ready(survivor)
-        finals = [await j.result(timeout=60) for j in jobs]
-        states = [await j.refresh() for j in jobs]
-    assert finals == [survivor.pid] * 3
-    assert all(s.state is hp.JobState.SUCCEEDED for s in states)
-    assert all(s.attempts == 2 and "lease expired" in (s.error or "") for s in states)
+        await survivor_runs(workers, jobs)
