@@ -24,7 +24,6 @@ import os
 import socket
 import time
 import uuid
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -138,7 +137,7 @@ class Worker:
             else None
         )
         self._running: dict[str, tuple[Claim, asyncio.Task[None]]] = {}
-        self._held: deque[Claim] = deque()  # claimed beyond the free slots (prefetch)
+        self._held: dict[str, Claim] = {}  # claimed beyond the free slots, in claim order
         self._reasons: dict[asyncio.Task[None], str] = {}  # why we cancelled a run
         self._finishes: list[tuple[Finish, JobRecord]] = []
         self._unstored: dict[str, str] = {}  # reported, not yet stored: job id -> lease
@@ -255,16 +254,13 @@ class Worker:
         claimed again (rescued after its lease lapsed) replaces what this worker had of
         it: a held claim is dropped, and a stale run is cancelled by _start."""
         job_id = claim.job.id
-        for older in self._held:
-            if older.job.id == job_id:
-                self._held.remove(older)
-                self._counts["lost"] += 1
-                break
+        if self._held.pop(job_id, None) is not None:
+            self._counts["lost"] += 1
         if job_id in self._running or len(self._running) < self.concurrency:
             self._start(claim)
             return True
         if len(self._held) < self.prefetch:
-            self._held.append(claim)
+            self._held[job_id] = claim
             return True
         return False
 
@@ -355,7 +351,7 @@ class Worker:
         self._reasons.pop(task, None)
         serving = self._taking and not self._stop.is_set()
         if self._held and serving and len(self._running) < self.concurrency:
-            self._start(self._held.popleft())  # (prefetch: no trip to the store)
+            self._start(self._held.pop(next(iter(self._held))))  # (no trip to the store)
         self._slot_freed.set()
 
     async def _execute(self, claim: Claim) -> None:
@@ -449,9 +445,10 @@ class Worker:
 
     def _hand_back_held(self, channel: str | None = None) -> None:
         """Held jobs (of ``channel``, or all) go back to the queue, attempts refunded."""
-        for claim in [c for c in self._held if channel is None or c.job.channel == channel]:
-            self._held.remove(claim)
-            self._give_back(claim)
+        for job_id, claim in list(self._held.items()):
+            if channel is None or claim.job.channel == channel:
+                del self._held[job_id]
+                self._give_back(claim)
 
     def _cancel_local(self, job_id: str) -> None:
         self._abandon(job_id, _CANCEL)
@@ -509,7 +506,7 @@ class Worker:
         while True:
             await asyncio.sleep(self.lease / 3)
             leases = {job_id: claim.lease for job_id, (claim, _) in self._running.items()}
-            leases.update((claim.job.id, claim.lease) for claim in self._held)
+            leases.update((job_id, claim.lease) for job_id, claim in self._held.items())
             # Outcomes still being stored keep their lease too: a slow or failing
             # store must not let the coordinator rescue (and re-run) a finished job.
             unstored = {k: v for k, v in self._unstored.items() if k not in leases}
@@ -532,12 +529,12 @@ class Worker:
     def _abandon(self, job_id: str, reason: str, lease: str | None = None) -> None:
         """Stop this worker's claim of ``job_id`` (the one under ``lease``, when given: a
         heartbeat's answer about an older claim must not touch a newer one)."""
-        for claim in self._held:
-            if claim.job.id == job_id and lease in (None, claim.lease):  # it never runs
-                self._held.remove(claim)
-                self._cancelled(claim, reason)
-                self._slot_freed.set()  # (room to claim another)
-                return
+        held = self._held.get(job_id)
+        if held is not None and lease in (None, held.lease):  # it never runs
+            del self._held[job_id]
+            self._cancelled(held, reason)
+            self._slot_freed.set()  # (room to claim another)
+            return
         entry = self._running.get(job_id)
         if entry is not None and lease not in (None, entry[0].lease):
             return
