@@ -179,7 +179,7 @@ def _count(name: str, value: object, *, minimum: int = 1) -> int | None:
     return value
 
 
-# One encoder for payloads: json.dumps with an option builds a new one on every call.
+# One encoder for payloads and results: json.dumps with an option builds a new one per call.
 _encode = json.JSONEncoder(allow_nan=False).encode
 
 

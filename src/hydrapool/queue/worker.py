@@ -35,13 +35,18 @@ from hydrapool.queue import _signals
 from hydrapool.queue import events as ev
 from hydrapool.queue._reports import Stored, store_finishes
 from hydrapool.queue.coordinator import Coordinator
-from hydrapool.queue.queue import EXTERNAL_TASK, Queue, Task, check_name, retry_from_json
+from hydrapool.queue.queue import (
+    EXTERNAL_TASK,
+    Queue,
+    Task,
+    _encode,
+    check_name,
+    retry_from_json,
+)
 
 __all__ = ["Worker", "WorkerStatistics"]
 
 logger = logging.getLogger("hydrapool.worker")
-# Results are encoded with one encoder: json.dumps with an option makes one per call.
-_encode = json.JSONEncoder(allow_nan=False).encode
 
 _CANCEL = "cancel"  # queue.cancel(): the job ends cancelled
 _HAND_BACK = "hand_back"  # graceful stop: back to the queue, attempt refunded

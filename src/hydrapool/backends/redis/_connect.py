@@ -39,7 +39,7 @@ def _keepalive() -> dict[int, int]:
 # every command through asyncio.wait_for, which on Python 3.11 wraps the send in a task of
 # its own, so each command leaves a loop iteration later; that cost a job 0.1-0.15 ms of
 # its enqueue-to-start latency on the test VM. TCP keepalive finds dead peers instead;
-# blocking waits carry their own timeouts (the inbox's BLMOVE).
+# step scripts (backend._run) and the inbox's BLMOVE carry their own time limits.
 _OPTIONS: dict[str, Any] = {
     "decode_responses": True,
     "socket_timeout": None,
